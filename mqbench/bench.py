@@ -1,0 +1,118 @@
+"""A task made ready to run: data loaded, model trained or loaded, space and evaluator built.
+
+`open_bench(task)` is the single entry point the table builder, the proxy harness and the
+CLI share; `Evaluator.evaluate(cfg)` measures one bit configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mqbench import data as D
+from mqbench.models import build_model
+from mqbench.quant import QuantizedModel, prepare
+from mqbench.space import BitConfig, Space, build_space
+from mqbench.tasks import Task
+from mqbench.train import load_or_train
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Ground truth of one configuration on the evaluation set."""
+
+    acc: float  # top-1 accuracy in [0, 1]
+    loss: float  # mean cross-entropy
+    kl: float  # mean KL(full-precision || quantized) of the predictive distributions
+
+
+@dataclass
+class Bench:
+    """Everything a task needs at run time."""
+
+    task: Task
+    model: nn.Module  # full-precision, eval mode; never mutated
+    space: Space
+    eval_split: D.Split
+    mean: torch.Tensor
+    std: torch.Tensor
+    weights_manifest: dict
+    _prepared: dict[int, QuantizedModel] = field(default_factory=dict)
+
+    def calibration(self, seed: int, n: int | None = None) -> torch.Tensor:
+        """Normalised calibration inputs drawn from the training split with `seed`."""
+        split = D.load_split(self.task.data, "train", n or self.task.data.calibration_samples,
+                             seed)
+        return D.to_input(split.x, self.mean, self.std)
+
+    def prepared(self, cal_seed: int) -> QuantizedModel:
+        """The pre-quantized model calibrated with calibration seed `cal_seed` (memoised)."""
+        if cal_seed not in self._prepared:
+            q = self.task.quant
+            self._prepared[cal_seed] = prepare(
+                self.model, list(self.space.modules), self.calibration(cal_seed),
+                q.weight_bits, q.act_bits, q.weight_clip, q.act_clip, q.fold_bn, cal_seed)
+        return self._prepared[cal_seed]
+
+    def evaluator(self, cal_seed: int, batch_size: int | None = None) -> "Evaluator":
+        return Evaluator(self, self.prepared(cal_seed), batch_size or self.task.table.batch_size)
+
+
+def open_bench(task: Task, progress: bool = True) -> Bench:
+    """Load data and the (trained or pretrained) model of `task` and build its space."""
+    spec = task.data
+    eval_split = D.load_split(spec, spec.eval_split, spec.eval_samples, task.seed)
+    mean, std = D.normalization(spec)
+    in_chans, size = eval_split.x.shape[1], eval_split.x.shape[-1]
+    model = build_model(task.model, in_chans, D.num_classes(spec), size)
+    manifest = {"source": task.model.source, "arch": task.model.arch}
+    if task.model.source == "train":
+        model, manifest = load_or_train(task, model, lambda: D.load_split(spec, "train"),
+                                        mean, std, progress)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    example = D.to_input(eval_split.x[:1], mean, std)
+    q = task.quant
+    space = build_space(model, example, q.layers, q.exclude, q.tie, q.weight_bits, q.act_bits)
+    return Bench(task, model, space, eval_split, mean, std, manifest)
+
+
+class Evaluator:
+    """Measures configurations on the evaluation set against the full-precision model."""
+
+    def __init__(self, bench: Bench, qm: QuantizedModel, batch_size: int):
+        self.bench, self.qm, self.batch_size = bench, qm, batch_size
+        x = bench.eval_split.x
+        # Normalised inputs are kept when small (the bundled tasks); big sets convert per batch.
+        self._inputs = D.to_input(x, bench.mean, bench.std) if x.numel() < 5e7 else None
+        self.fp_logprobs = torch.cat([F.log_softmax(bench.model(b), -1)
+                                      for b in self._batches()]) if len(x) else None
+
+    def _batches(self):
+        x = self.bench.eval_split.x
+        with torch.inference_mode():
+            for i in range(0, len(x), self.batch_size):
+                yield (self._inputs[i:i + self.batch_size] if self._inputs is not None else
+                       D.to_input(x[i:i + self.batch_size], self.bench.mean, self.bench.std))
+
+    @functools.cached_property
+    def fp_metrics(self) -> Metrics:
+        return self._metrics(self.fp_logprobs)
+
+    def _metrics(self, logprobs: torch.Tensor) -> Metrics:
+        y = self.bench.eval_split.y
+        acc = (logprobs.argmax(-1) == y).double().mean().item()
+        loss = F.nll_loss(logprobs.double(), y).item()
+        p = self.fp_logprobs.double()
+        kl = (p.exp() * (p - logprobs.double())).sum(-1).mean().item()
+        return Metrics(acc, loss, max(kl, 0.0))
+
+    def evaluate(self, cfg: BitConfig) -> Metrics:
+        """Accuracy, cross-entropy and KL to full precision of one configuration."""
+        model = self.qm.apply(self.bench.space.layer_bits(self.bench.space.validate(cfg)))
+        return self._metrics(torch.cat([F.log_softmax(model(b), -1) for b in self._batches()]))

@@ -1,0 +1,241 @@
+"""Tasks are data: `tasks/*.toml` files validated into frozen dataclasses, plus their registry.
+
+A task names a model, a dataset, the quantizable layers (by module name, with tied layers),
+the bit-width choices, quantizer settings, calibration/evaluation sizes and the table's
+sampling plan. Any change in behaviour bumps `version`; tables and caches are keyed by it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mqbench.errors import MqbenchError, did_you_mean
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TASK = "fmnist-resnet8"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How the project trains a bundled model (ignored for pretrained sources)."""
+
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 0.1
+    optimizer: str = "sgd"  # sgd (momentum 0.9, nesterov) | adamw
+    weight_decay: float = 5e-4
+    flip: bool = True  # random horizontal flip augmentation
+    max_steps: int = 0  # >0 stops early; used by tests to train a few steps
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network: an architecture and where its weights come from."""
+
+    arch: str
+    source: str = "train"  # train | torchvision | timm
+    pretrained: bool = True  # for torchvision/timm; false gives random init (tests only)
+    width: int = 16  # base width of the project's own CNNs
+    depth: int = 4  # transformer depth of the project's own ViT
+    dim: int = 64
+    heads: int = 4
+    patch: int = 4
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Dataset, splits and how many samples calibration and evaluation use."""
+
+    dataset: str  # digits | fashion-mnist | cifar10 | imagenet-folder | imagenet-hf
+    root: str = ""  # data folder; empty = the dataset's default lookup
+    hf_name: str = ""  # Hugging Face dataset id for imagenet-hf
+    calibration_samples: int = 256
+    eval_split: str = "test"
+    eval_samples: int = 2000  # 0 = the whole split
+    image_size: int = 0  # 0 = the dataset's native size
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """The configuration space and the quantizer settings that define the ground truth."""
+
+    weight_bits: tuple[int, ...]
+    act_bits: tuple[int, ...] = (8,)
+    layers: tuple[str, ...] = ("*",)  # fnmatch patterns over Conv2d/Linear module names
+    exclude: tuple[str, ...] = ()
+    tie: dict[str, str] = field(default_factory=dict)  # follower module -> leader module
+    weight_clip: str = "mse"  # mse | max
+    act_clip: str = "mse"  # mse | minmax
+    fold_bn: bool = True
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How many configurations the ground-truth table samples, and the noise-floor subset."""
+
+    configs: int = 1000
+    strata: int = 10
+    noise_configs: int = 100
+    noise_seed: int = 1
+    batch_size: int = 500  # fastest on 2 CPU cores for the bundled models
+
+
+@dataclass(frozen=True)
+class HarnessSpec:
+    """Scoring settings shared by every proxy evaluated on this task."""
+
+    alpha: float = 0.1  # TAP fitness weight of the layer-level correlation
+    budgets: tuple[float, ...] = (3.0, 4.0)  # average weight bits for downstream allocation
+    fixed: dict[str, int] = field(default_factory=dict)  # units pinned to a bit-width in ILP
+    calibration_batch: int = 16  # samples the proxies' statistics are computed on
+
+
+@dataclass(frozen=True)
+class Task:
+    """A validated benchmark task."""
+
+    name: str
+    version: int
+    model: ModelSpec
+    data: DataSpec
+    quant: QuantSpec
+    description: str = ""
+    seed: int = 0
+    table: TableSpec = field(default_factory=TableSpec)
+    harness: HarnessSpec = field(default_factory=HarnessSpec)
+    path: str = ""  # where it was read from (not part of the file)
+    checksum: str = ""  # sha256 of the file's bytes (not part of the file)
+
+    @property
+    def key(self) -> str:
+        """Name and version: what caches and tables are keyed by."""
+        return f"{self.name}-v{self.version}"
+
+
+_CHOICES = {
+    ("model", "source"): ("train", "torchvision", "timm"),
+    ("train", "optimizer"): ("sgd", "adamw"),
+    ("data", "dataset"): ("digits", "fashion-mnist", "cifar10", "imagenet-folder", "imagenet-hf"),
+    ("quant", "weight_clip"): ("mse", "max"),
+    ("quant", "act_clip"): ("mse", "minmax"),
+}
+_SECTION_NAMES = {ModelSpec: "model", TrainSpec: "train", DataSpec: "data", QuantSpec: "quant",
+                  TableSpec: "table", HarnessSpec: "harness", Task: "task"}
+
+
+def _coerce(value, tp, where: str):
+    """Check one TOML value against a dataclass field type; return it in frozen form."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise MqbenchError(f"{where}: expected a [section] table, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, list) or not value:
+            raise MqbenchError(f"{where}: expected a non-empty list of {item.__name__}")
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise MqbenchError(f"{where}: expected a table of {kt.__name__} = {vt.__name__}")
+        return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise MqbenchError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, raw: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("path", "checksum")]
+    section = _SECTION_NAMES[cls]
+    for key in raw:
+        if key not in names:
+            raise MqbenchError(f"{where}: unknown field {key!r}{did_you_mean(key, names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise MqbenchError(f"{where}: missing required field {f.name!r}")
+            continue
+        value = _coerce(raw[f.name], hints[f.name], f"{where}.{f.name}")
+        allowed = _CHOICES.get((section, f.name))
+        if allowed and value not in allowed:
+            raise MqbenchError(f"{where}.{f.name}: {value!r} is not one of {', '.join(allowed)}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _check(task: Task, where: str) -> None:
+    q = task.quant
+    for label, bits in (("weight_bits", q.weight_bits), ("act_bits", q.act_bits)):
+        bad = [b for b in bits if not 1 <= b <= 16]
+        if bad:
+            raise MqbenchError(f"{where}.quant.{label}: bit-widths must be in 1..16, got {bad}")
+        if list(bits) != sorted(set(bits)):
+            raise MqbenchError(f"{where}.quant.{label}: list bit-widths ascending, no repeats")
+    for name, value in (("version", task.version), ("table.configs", task.table.configs),
+                        ("data.calibration_samples", task.data.calibration_samples)):
+        if value < 1:
+            raise MqbenchError(f"{where}.{name}: must be >= 1, got {value}")
+    if task.table.noise_configs < 0 or task.data.eval_samples < 0:
+        raise MqbenchError(f"{where}: noise_configs and eval_samples must be >= 0")
+    if not 0.0 <= task.harness.alpha <= 1.0:
+        raise MqbenchError(f"{where}.harness.alpha: must be in [0, 1], got {task.harness.alpha}")
+
+
+def parse_task(text: str, source: str = "<string>") -> Task:
+    """Validate TOML text into a Task; errors name the file, the field and the reason."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise MqbenchError(f"task file {source}: not valid TOML ({exc})") from None
+    task = _build(Task, raw, f"task file {source}")
+    task = dataclasses.replace(task, path=source,
+                               checksum=hashlib.sha256(text.encode()).hexdigest())
+    _check(task, f"task file {source}")
+    return task
+
+
+def task_dirs() -> list[Path]:
+    """Folders searched for task files: $MQBENCH_TASKS (os.pathsep-separated), then tasks/."""
+    extra = [Path(p) for p in os.environ.get("MQBENCH_TASKS", "").split(os.pathsep) if p]
+    return [*extra, REPO_ROOT / "tasks"]
+
+
+def list_tasks() -> dict[str, Path]:
+    """Registered task names mapped to their files; a duplicate name is an error."""
+    found: dict[str, Path] = {}
+    for folder in task_dirs():
+        for path in sorted(folder.glob("*.toml")):
+            if path.stem in found:
+                raise MqbenchError(f"task {path.stem!r} defined twice: {found[path.stem]} and "
+                                   f"{path}; rename one")
+            found[path.stem] = path
+    return found
+
+
+def load_task(name_or_path: str | os.PathLike | None = None) -> Task:
+    """Load a task by registered name or by path to a TOML file (default: the bundled task)."""
+    name_or_path = str(name_or_path or DEFAULT_TASK)
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" and path.exists()):
+        known = list_tasks()
+        if name_or_path not in known:
+            raise MqbenchError(f"unknown task {name_or_path!r}{did_you_mean(name_or_path, known)}"
+                               f"; `mqbench tasks` lists them")
+        path = known[name_or_path]
+    task = parse_task(path.read_text(), str(path))
+    if task.name != path.stem:
+        raise MqbenchError(f"task file {path}: name {task.name!r} must match the file name "
+                           f"{path.stem!r}")
+    return task

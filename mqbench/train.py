@@ -1,0 +1,126 @@
+"""Deterministic CPU training of the bundled tasks' models, cached with a checksum.
+
+Same task version and seed on the same software stack -> the same weights (checked by
+`weights_checksum`). The cache lives under `cache_dir()/models/<task>-v<version>/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mqbench.data import Split, to_input
+from mqbench.errors import MqbenchError
+
+
+def cache_dir() -> Path:
+    """Where tables, weights and statistics are cached: $MQBENCH_CACHE or ~/.cache/mqbench."""
+    return Path(os.environ.get("MQBENCH_CACHE") or Path.home() / ".cache" / "mqbench")
+
+
+def weights_checksum(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over parameter names, shapes, dtypes and raw bytes, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def deterministic(seed: int):
+    """Seeded, deterministic-kernel region; restores the global flags afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def train_model(model: nn.Module, data: Split, mean, std, spec, seed: int,
+                progress: bool = True) -> nn.Module:
+    """Train `model` in place with the task's TrainSpec; returns it in eval mode."""
+    with deterministic(seed):
+        gen = torch.Generator().manual_seed(seed)
+        n = len(data)
+        steps_per_epoch = (n + spec.batch_size - 1) // spec.batch_size
+        total = spec.epochs * steps_per_epoch
+        if spec.max_steps:
+            total = min(total, spec.max_steps)
+        if spec.optimizer == "sgd":
+            opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, nesterov=True,
+                                  weight_decay=spec.weight_decay)
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=spec.lr,
+                                    weight_decay=spec.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total,
+                                                    pct_start=0.25)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        step = 0
+        bar = tqdm(total=total, desc="train", disable=not progress, leave=False)
+        while step < total:
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, spec.batch_size):
+                if step >= total:
+                    break
+                idx = perm[i:i + spec.batch_size]
+                x = to_input(data.x[idx], mean, std)
+                if spec.flip:
+                    flip = torch.rand(len(idx), generator=gen) < 0.5
+                    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+                loss = loss_fn(model(x), data.y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
+    return model.eval()
+
+
+def load_or_train(task, model: nn.Module, train_split_fn, mean, std,
+                  progress: bool = True) -> tuple[nn.Module, dict]:
+    """Load the task's cached trained weights (verifying their checksum) or train and cache.
+
+    Returns the model and the manifest (checksum, seed, versions, training time).
+    """
+    folder = cache_dir() / "models" / task.key
+    weights, manifest_path = folder / "weights.pt", folder / "manifest.json"
+    if weights.exists() and manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception:
+            raise MqbenchError(f"cached weights {weights} are unreadable; delete {folder} and "
+                               f"rerun to retrain") from None
+        if weights_checksum(state) != manifest.get("checksum"):
+            raise MqbenchError(f"cached weights {weights} fail their checksum (modified or "
+                               f"corrupt); delete {folder} and rerun to retrain")
+        return model.eval(), manifest
+    start = time.perf_counter()
+    model = train_model(model, train_split_fn(), mean, std, task.model.train, task.seed, progress)
+    state = model.state_dict()
+    manifest = {"task": task.key, "seed": task.seed, "checksum": weights_checksum(state),
+                "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "train_seconds": round(time.perf_counter() - start, 1)}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, weights)  # atomic: a crash never leaves half a checkpoint behind
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return model, manifest
