@@ -62,13 +62,20 @@ class Bench:
         return Evaluator(self, self.prepared(cal_seed), batch_size or self.task.table.batch_size)
 
 
+def seeded_model(task: Task, in_chans: int, classes: int, size: int) -> nn.Module:
+    """The task's network with its initialisation drawn from the task seed (global RNG kept)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(task.seed)
+        return build_model(task.model, in_chans, classes, size)
+
+
 def open_bench(task: Task, progress: bool = True) -> Bench:
     """Load data and the (trained or pretrained) model of `task` and build its space."""
     spec = task.data
     eval_split = D.load_split(spec, spec.eval_split, spec.eval_samples, task.seed)
     mean, std = D.normalization(spec)
     in_chans, size = eval_split.x.shape[1], eval_split.x.shape[-1]
-    model = build_model(task.model, in_chans, D.num_classes(spec), size)
+    model = seeded_model(task, in_chans, D.num_classes(spec), size)
     manifest = {"source": task.model.source, "arch": task.model.arch}
     if task.model.source == "train":
         model, manifest = load_or_train(task, model, lambda: D.load_split(spec, "train"),
@@ -90,6 +97,8 @@ class Evaluator:
         x = bench.eval_split.x
         # Normalised inputs are kept when small (the bundled tasks); big sets convert per batch.
         self._inputs = D.to_input(x, bench.mean, bench.std) if x.numel() < 5e7 else None
+        if self._inputs is not None:
+            self._inputs = self._inputs.contiguous(memory_format=qm.memory_format)
         self.fp_logprobs = torch.cat([F.log_softmax(bench.model(b), -1)
                                       for b in self._batches()]) if len(x) else None
 
@@ -98,7 +107,8 @@ class Evaluator:
         with torch.inference_mode():
             for i in range(0, len(x), self.batch_size):
                 yield (self._inputs[i:i + self.batch_size] if self._inputs is not None else
-                       D.to_input(x[i:i + self.batch_size], self.bench.mean, self.bench.std))
+                       D.to_input(x[i:i + self.batch_size], self.bench.mean, self.bench.std)
+                       .contiguous(memory_format=self.qm.memory_format))
 
     @functools.cached_property
     def fp_metrics(self) -> Metrics:

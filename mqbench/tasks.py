@@ -60,6 +60,8 @@ class DataSpec:
     eval_split: str = "test"
     eval_samples: int = 2000  # 0 = the whole split
     image_size: int = 0  # 0 = the dataset's native size
+    mean: tuple[float, ...] = ()  # channel statistics the model expects; () = the dataset's
+    std: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,10 @@ def _check(task: Task, where: str) -> None:
             raise MqbenchError(f"{where}.{name}: must be >= 1, got {value}")
     if task.table.noise_configs < 0 or task.data.eval_samples < 0:
         raise MqbenchError(f"{where}: noise_configs and eval_samples must be >= 0")
+    d = task.data
+    if len(d.mean) != len(d.std) or any(v <= 0 for v in d.std):
+        raise MqbenchError(f"{where}.data: give mean and std together, one positive std per "
+                           f"channel (got mean {list(d.mean)}, std {list(d.std)})")
     if not 0.0 <= task.harness.alpha <= 1.0:
         raise MqbenchError(f"{where}.harness.alpha: must be in [0, 1], got {task.harness.alpha}")
 

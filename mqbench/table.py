@@ -1,0 +1,323 @@
+"""Ground-truth tables: build (resumable, shardable), merge, verify and load, in DuckDB.
+
+One DuckDB file per task version under `cache_dir()/tables/`. Table `results` holds one row
+per (kind, calibration seed, configuration): kind is `fp` (float reference), `uniform`,
+`layer` (one unit quantized alone, the rest float: per-layer sensitivity) or `sample`
+(stratified random configurations). Rows with `cal_seed = table.noise_seed` re-measure a
+subset under a second calibration seed: the table's own noise floor. Table `meta` holds
+provenance and, once complete, a sha256 over all rows that every load verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from tqdm import tqdm
+
+import mqbench
+from mqbench.bench import Bench, open_bench
+from mqbench.errors import MqbenchError
+from mqbench.quant import FP
+from mqbench.space import BitConfig, sample_configs
+from mqbench.tasks import REPO_ROOT, Task
+from mqbench.train import cache_dir
+
+SCHEMA_VERSION = 1
+COLUMNS = ["kind", "cal_seed", "key", "unit", "w_bits", "a_bits", "avg_wbits", "size_bits",
+           "bops", "acc", "loss", "kl"]
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS results (
+    kind VARCHAR NOT NULL, cal_seed INTEGER NOT NULL, key VARCHAR NOT NULL, unit VARCHAR,
+    w_bits INTEGER[] NOT NULL, a_bits INTEGER[] NOT NULL, avg_wbits DOUBLE NOT NULL,
+    size_bits BIGINT NOT NULL, bops BIGINT NOT NULL,
+    acc DOUBLE NOT NULL, loss DOUBLE NOT NULL, kl DOUBLE NOT NULL,
+    PRIMARY KEY (kind, cal_seed, key));
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One planned measurement."""
+
+    kind: str
+    cal_seed: int
+    cfg: BitConfig
+    unit: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A complete, verified ground-truth table."""
+
+    task: Task
+    rows: pd.DataFrame
+    meta: dict[str, str]
+    path: Path
+
+    def kind(self, kind: str, cal_seed: int | None = None) -> pd.DataFrame:
+        seed = self.task.seed if cal_seed is None else cal_seed
+        return self.rows[(self.rows.kind == kind) & (self.rows.cal_seed == seed)]
+
+    def configs(self) -> pd.DataFrame:
+        """The configuration-level rows proxies are ranked on: uniform + sampled."""
+        rows = self.rows[self.rows.kind.isin(["uniform", "sample"])]
+        return rows[rows.cal_seed == self.task.seed].reset_index(drop=True)
+
+
+def table_path(task: Task, shard: tuple[int, int] | None = None) -> Path:
+    suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
+    return cache_dir() / "tables" / f"{task.key}{suffix}.duckdb"
+
+
+def plan(bench: Bench) -> list[Item]:
+    """Every measurement of the task's table, in a deterministic order."""
+    task, space = bench.task, bench.space
+    seed, tspec = task.seed, task.table
+    items = [Item("fp", seed, space.uniform(FP, FP))]
+    items += [Item("uniform", seed, space.uniform(w, a))
+              for w in space.weight_bits for a in space.act_bits]
+    n = len(space.units)
+    for u, unit in enumerate(space.units):
+        for w in space.weight_bits:
+            wb, ab = [FP] * n, [FP] * n
+            wb[u], ab[u] = w, space.act_bits[-1]
+            items.append(Item("layer", seed, BitConfig(tuple(wb), tuple(ab)), unit))
+    samples = [Item("sample", seed, c)
+               for c in sample_configs(space, tspec.configs, tspec.strata, seed)]
+    items += samples
+    if tspec.noise_configs:
+        pick = np.linspace(0, len(samples) - 1, min(tspec.noise_configs, len(samples)))
+        repeat = [items[1 + i] for i in range(len(space.weight_bits) * len(space.act_bits))]
+        repeat += [samples[int(round(i))] for i in pick]
+        items += [Item(it.kind, tspec.noise_seed, it.cfg) for it in repeat]
+    return items
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+        if not read_only:
+            con.execute(_DDL)
+        return con
+    except duckdb.Error as exc:
+        raise MqbenchError(f"table {path} is unreadable ({str(exc).splitlines()[0][:100]}); "
+                           f"delete it and rebuild with `mqbench build`") from None
+
+
+def _meta(con) -> dict[str, str]:
+    return dict(con.execute("SELECT key, value FROM meta").fetchall())
+
+
+def _set_meta(con, values: dict) -> None:
+    con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    [(k, str(v)) for k, v in values.items()])
+
+
+def _provenance(bench: Bench) -> dict[str, str]:
+    task = bench.task
+    return {"schema_version": SCHEMA_VERSION, "task": task.name, "task_version": task.version,
+            "task_checksum": task.checksum, "seed": task.seed,
+            "package_version": mqbench.__version__, "git_commit": _git_commit(),
+            "torch_version": torch.__version__,
+            "weights_checksum": bench.weights_manifest.get("checksum", "pretrained"),
+            "eval_samples": len(bench.eval_split), "units": ",".join(bench.space.units)}
+
+
+def _check_provenance(stored: dict, bench: Bench, path: Path) -> None:
+    fresh = _provenance(bench)
+    for key in ("task_version", "task_checksum", "seed", "weights_checksum", "units"):
+        if key in stored and stored[key] != str(fresh[key]):
+            raise MqbenchError(f"table {path} was built with a different {key} than the "
+                               f"current task; rebuild with `mqbench build {bench.task.name} "
+                               f"--force` (or bump the task's version)")
+
+
+def rows_checksum(rows: pd.DataFrame) -> str:
+    """sha256 over every row in canonical order, floats by their exact hex form."""
+    h = hashlib.sha256()
+    rows = rows.sort_values(["kind", "cal_seed", "key"])
+    for r in rows.itertuples(index=False):
+        h.update("|".join([r.kind, str(r.cal_seed), r.key, str(r.unit), str(list(r.w_bits)),
+                           str(list(r.a_bits)), float(r.avg_wbits).hex(),
+                           float(r.acc).hex(), float(r.loss).hex(), float(r.kl).hex(),
+                           str(r.size_bits), str(r.bops)]).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _row(bench: Bench, item: Item, m) -> tuple:
+    space, cfg = bench.space, item.cfg
+    size = space.size_bits(cfg)
+    return (item.kind, item.cal_seed, cfg.key, item.unit, list(cfg.w), list(cfg.a),
+            size / sum(space.params), size, space.bops(cfg), m.acc, m.loss, m.kl)
+
+
+def _read_rows(con) -> pd.DataFrame:
+    return con.execute(f"SELECT {', '.join(COLUMNS)} FROM results").df()
+
+
+def noise_floor(rows: pd.DataFrame, seed: int, noise_seed: int) -> dict[str, float]:
+    """Spearman between the two calibration seeds on the re-measured configurations."""
+    a = rows[rows.cal_seed == seed].set_index(["kind", "key"])
+    b = rows[rows.cal_seed == noise_seed].set_index(["kind", "key"])
+    common = a.index.intersection(b.index)
+    if len(common) < 3:
+        return {}
+    out = {"noise_pairs": len(common)}
+    for metric in ("acc", "loss", "kl"):
+        out[f"noise_spearman_{metric}"] = float(
+            stats.spearmanr(a.loc[common, metric], b.loc[common, metric]).statistic)
+    out["noise_mean_abs_acc_diff"] = float(np.abs(a.loc[common, "acc"] -
+                                                  b.loc[common, "acc"]).mean())
+    return out
+
+
+def _finish(con, bench: Bench, items: list[Item]) -> None:
+    rows = _read_rows(con)
+    planned = {(it.kind, it.cal_seed, it.cfg.key) for it in items}
+    have = set(zip(rows.kind, rows.cal_seed, rows.key))
+    if planned != have:
+        return
+    t = bench.task
+    _set_meta(con, {**noise_floor(rows, t.seed, t.table.noise_seed),
+                    "rows": len(rows), "rows_checksum": rows_checksum(rows), "complete": "true"})
+
+
+def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = False,
+                progress: bool = True, chunk: int = 16, stop_after: int | None = None) -> Path:
+    """Build (or resume) the task's table, or one shard of it; returns the file path.
+
+    Rows are committed every `chunk` measurements, so an interrupted build resumes where it
+    stopped with no duplicated or missing rows. `stop_after` ends the run after that many
+    new rows (used to simulate a crash in tests).
+    """
+    path = table_path(task, shard)
+    bench = open_bench(task, progress)
+    items = plan(bench)
+    if shard is not None:
+        i, n = shard
+        if not 0 <= i < n:
+            raise MqbenchError(f"--shard {i}/{n}: need 0 <= i < n")
+        items = items[i::n]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if force and path.exists():
+        path.unlink()
+        Path(str(path) + ".wal").unlink(missing_ok=True)
+    con = _connect(path)
+    try:
+        stored = _meta(con)
+        _check_provenance(stored, bench, path)
+        if not stored:
+            _set_meta(con, {**_provenance(bench), "shard": f"{shard[0]}/{shard[1]}"
+                            if shard else "", "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        done = set(con.execute("SELECT kind, cal_seed, key FROM results").fetchall())
+        todo = [it for it in items if (it.kind, it.cal_seed, it.cfg.key) not in done]
+        if stop_after is not None:
+            todo = todo[:stop_after]
+        evaluators = {}
+        start = time.perf_counter()
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"build {task.key}",
+                   disable=not progress, unit="cfg")
+        for j in range(0, len(todo), chunk):
+            batch = []
+            for it in todo[j:j + chunk]:
+                if it.cal_seed not in evaluators:
+                    evaluators[it.cal_seed] = bench.evaluator(it.cal_seed)
+                batch.append(_row(bench, it, evaluators[it.cal_seed].evaluate(it.cfg)))
+                bar.update()
+            con.begin()
+            con.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(COLUMNS))})",
+                            batch)
+            con.commit()
+        bar.close()
+        elapsed = time.perf_counter() - start
+        prev = float(_meta(con).get("build_seconds", 0))
+        _set_meta(con, {"build_seconds": round(prev + elapsed, 2)})
+        _finish(con, bench, items)
+    finally:
+        con.close()
+    return path
+
+
+def merge_shards(task: Task, n: int, progress: bool = True) -> Path:
+    """Merge complete shard files 0..n-1 into the task's table (all must be complete)."""
+    out = table_path(task)
+    shards = [table_path(task, (i, n)) for i in range(n)]
+    missing = [str(p) for p in shards if not p.exists()]
+    if missing:
+        raise MqbenchError(f"cannot merge: shard file(s) missing: {', '.join(missing)}; "
+                           f"run `mqbench build {task.name} --shard i/{n}` for each")
+    bench = open_bench(task, progress)
+    frames, seconds = [], 0.0
+    for p in shards:
+        con = _connect(p, read_only=True)
+        meta = _meta(con)
+        if meta.get("complete") != "true":
+            raise MqbenchError(f"cannot merge: shard {p} is incomplete; resume it with "
+                               f"`mqbench build {task.name} --shard {meta.get('shard')}`")
+        _check_provenance(meta, bench, p)
+        frames.append(_read_rows(con))
+        seconds += float(meta.get("build_seconds", 0))
+        con.close()
+    rows = pd.concat(frames, ignore_index=True)
+    tmp = out.with_suffix(".merging")
+    tmp.unlink(missing_ok=True)
+    con = _connect(tmp)
+    con.register("incoming", rows)
+    con.execute(f"INSERT INTO results SELECT {', '.join(COLUMNS)} FROM incoming")
+    _set_meta(con, {**_provenance(bench), "shard": "", "build_seconds": round(seconds, 2),
+                    "merged_from": n})
+    _finish(con, bench, plan(bench))
+    complete = _meta(con).get("complete") == "true"
+    con.close()
+    if not complete:
+        tmp.unlink()
+        raise MqbenchError("merged shards do not cover the task's plan; were they built with "
+                           "different --shard counts?")
+    os.replace(tmp, out)  # the finished table appears atomically
+    return out
+
+
+def load_table(task: Task) -> Table:
+    """Open and verify a complete table (checksum and provenance)."""
+    path = table_path(task)
+    if not path.exists():
+        raise MqbenchError(f"no table for {task.key}; build it with `mqbench build {task.name}`")
+    con = _connect(path, read_only=True)
+    try:
+        meta = _meta(con)
+        rows = _read_rows(con)
+    finally:
+        con.close()
+    if meta.get("complete") != "true":
+        raise MqbenchError(f"table {path} is incomplete; resume with `mqbench build {task.name}`")
+    if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
+        raise MqbenchError(f"table {path} has schema version {meta.get('schema_version')}, this "
+                           f"mqbench reads {SCHEMA_VERSION}; rebuild with --force")
+    if meta.get("task_version") != str(task.version) or meta.get("task_checksum") != task.checksum:
+        raise MqbenchError(f"table {path} was built from a different version of task file "
+                           f"{task.path}; rebuild with `mqbench build {task.name} --force`")
+    if rows_checksum(rows) != meta.get("rows_checksum"):
+        raise MqbenchError(f"table {path} fails its checksum (corrupt or modified); rebuild "
+                           f"with `mqbench build {task.name} --force`")
+    return Table(task, rows, meta, path)

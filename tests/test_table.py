@@ -1,0 +1,161 @@
+"""Table builds: determinism, resume after a crash, shards, provenance and tamper detection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from conftest import write_task
+from mqbench.bench import open_bench
+from mqbench.cli import main
+from mqbench.errors import MqbenchError
+from mqbench.table import build_table, load_table, plan, rows_checksum, table_path
+from mqbench.tasks import load_task
+from mqbench.train import load_or_train, train_model, weights_checksum
+
+
+def _rows(table):
+    cols = ["kind", "cal_seed", "key", "acc", "loss", "kl", "size_bits", "bops"]
+    return table.rows.sort_values(["kind", "cal_seed", "key"])[cols].reset_index(drop=True)
+
+
+def test_build_contents(tiny_env):
+    task = load_task("tiny")
+    build_table(task, progress=False)
+    t = load_table(task)
+    bench = open_bench(task, progress=False)
+    n_units = len(bench.space.units)
+    assert n_units == 8
+    assert len(t.kind("layer")) == n_units * 3
+    assert len(t.kind("uniform")) == 3 and len(t.kind("fp")) == 1
+    assert len(t.kind("sample")) == 24
+    assert set(t.meta) >= {"task_version", "seed", "package_version", "git_commit",
+                           "rows_checksum", "weights_checksum", "noise_spearman_acc"}
+    assert len(t.rows[t.rows.cal_seed == task.table.noise_seed]) == 3 + 6
+    fp = t.kind("fp").iloc[0]
+    assert fp.kl < 1e-6  # folded BatchNorm differs from the original only by rounding
+    w8 = t.kind("uniform").sort_values("avg_wbits").iloc[-1]
+    w2 = t.kind("uniform").sort_values("avg_wbits").iloc[0]
+    assert w8.kl < w2.kl and w8.acc >= w2.acc  # 8 bits is closer to float than 2 bits
+    # every row's metrics are reproduced by evaluating its configuration directly
+    ev = bench.evaluator(task.seed)
+    from mqbench.space import BitConfig
+    row = t.kind("sample").iloc[5]
+    m = ev.evaluate(BitConfig.from_key(row.key))
+    assert (m.acc, m.loss, m.kl) == (row.acc, row.loss, row.kl)
+
+
+def test_same_seed_same_table(tiny_env):
+    task = load_task("tiny")
+    first = _rows(load_table(task) if table_path(task).exists() else
+                  (build_table(task, progress=False), load_table(task))[1])
+    build_table(task, force=True, progress=False)
+    second = load_table(task)
+    assert _rows(second).equals(first)
+
+
+def test_resume_after_crash(tiny_env, tmp_path, monkeypatch):
+    task = load_task("tiny")
+    build_table(task, progress=False)
+    reference = load_table(task)
+    build_table(task, force=True, progress=False, stop_after=20, chunk=8)  # "crash" mid-way
+    with pytest.raises(MqbenchError, match="incomplete"):
+        load_table(task)
+    con = duckdb.connect(str(table_path(task)), read_only=True)
+    assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 20
+    con.close()
+    build_table(task, progress=False)
+    resumed = load_table(task)
+    assert len(resumed.rows) == len(plan(open_bench(task, progress=False)))
+    assert _rows(resumed).equals(_rows(reference))
+    assert resumed.meta["rows_checksum"] == reference.meta["rows_checksum"]
+
+
+def test_shards_merge_to_the_full_table(tiny_env):
+    task = load_task("tiny")
+    build_table(task, progress=False)
+    full = load_table(task).meta["rows_checksum"]
+    table_path(task).unlink()
+    build_table(task, shard=(0, 2), progress=False)
+    with pytest.raises(MqbenchError, match="missing"):
+        from mqbench.table import merge_shards
+        merge_shards(task, 2, progress=False)
+    build_table(task, shard=(1, 2), progress=False)
+    from mqbench.table import merge_shards
+    merge_shards(task, 2, progress=False)
+    assert load_table(task).meta["rows_checksum"] == full
+
+
+def test_tampered_and_corrupt_tables(tiny_env):
+    task = load_task("tiny")
+    build_table(task, progress=False)
+    path = table_path(task)
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE results SET acc = acc + 0.01 WHERE kind = 'sample'")
+    con.close()
+    with pytest.raises(MqbenchError, match="checksum"):
+        load_table(task)
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(MqbenchError, match="unreadable"):
+        load_table(task)
+
+
+def test_changed_task_is_refused(tiny_env):
+    task = load_task("tiny")
+    build_table(task, progress=False)
+    text = (tiny_env / "tiny.toml").read_text().replace("noise_configs = 6", "noise_configs = 5")
+    (tiny_env / "tiny.toml").write_text(text)
+    changed = load_task("tiny")
+    with pytest.raises(MqbenchError, match="different"):
+        load_table(changed)
+    with pytest.raises(MqbenchError, match="different task_checksum"):
+        build_table(changed, progress=False)
+    assert rows_checksum(load_table(task).rows) == load_table(task).meta["rows_checksum"]
+
+
+def test_retraining_is_deterministic(tiny_env):
+    task = load_task("tiny")
+    bench = open_bench(task, progress=False)
+    from mqbench import data as D
+    from mqbench.bench import seeded_model
+    split = D.load_split(task.data, "train")
+    sums = []
+    for _ in range(2):
+        m = seeded_model(task, 1, 10, 8)
+        train_model(m, split, bench.mean, bench.std, task.model.train, task.seed, progress=False)
+        sums.append(weights_checksum(m.state_dict()))
+    assert sums[0] == sums[1] == bench.weights_manifest["checksum"]
+
+
+def test_tampered_weights_are_refused(tiny_env):
+    task = load_task("tiny")
+    bench = open_bench(task, progress=False)
+    import torch
+    path = next((tiny_env.parent / "cache" / "models").rglob("weights.pt"))
+    state = torch.load(path, weights_only=True)
+    state["fc.bias"] += 1
+    torch.save(state, path)
+    with pytest.raises(MqbenchError, match="checksum"):
+        load_or_train(task, bench.model, None, bench.mean, bench.std, progress=False)
+
+
+def test_cli_errors_are_one_line(tiny_env, capsys):
+    assert main(["build", "tinny", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did you mean 'tiny'" in err
+    write_task(tiny_env, name="broken").write_text("name = 'broken'\nversion = 'x'\n")
+    assert main(["build", "broken", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "version" in err and "expected int" in err and err.count("\n") == 0
+    assert main(["show", "tiny"]) == 2
+    assert "mqbench build tiny" in capsys.readouterr().err
+
+
+def test_cli_build_and_show(tiny_env):
+    out = subprocess.run([sys.executable, "-m", "mqbench.cli", "build", "tiny", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "noise floor" in out.stdout and "rows" in out.stdout
