@@ -76,6 +76,55 @@ def cmd_show(args) -> None:
     _summary(load_table(load_task(args.task)))
 
 
+def _fmt(v, ci=None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:+.3f}" if ci is None or ci[0] is None else f"{v:+.3f} [{ci[0]:+.2f},{ci[1]:+.2f}]"
+
+
+def print_result(rec: dict) -> None:
+    m = rec["metrics"]
+    print(f"proxy {rec['proxy']} v{rec['proxy_version']} on {rec['task']} "
+          f"v{rec['task_version']}  ({rec['n_configs']} configurations, 95% bootstrap CIs)")
+    rows = [("Spearman", "spearman"), ("Kendall tau-b", "kendall"),
+            ("Spearman@top20%", "spearman_top20"), ("Spearman@top50%", "spearman_top50"),
+            ("Spearman@top100%", "spearman_top100"), ("Precision@top20%", "precision_top20"),
+            ("Spearman vs -KL", "kl_spearman"), ("layer Spearman (rho_sens)", "layer_spearman"),
+            ("fitness (TAP phi)", "fitness")]
+    for label, key in rows:
+        print(f"  {label:28s} {_fmt(m.get(key), (m.get(key + '_lo'), m.get(key + '_hi')))}")
+    for d in rec["downstream"]:
+        print(f"  ILP @ {d['budget_avg_bits']:.2f} avg bits: acc {d['acc']:.4f} (best in table "
+              f"{d['best_table_acc']:.4f}, gap {d['gap_to_best']:+.4f})  {d['config']}")
+    t = rec["timing"]
+    print(f"  time: proxy {t['proxy_seconds']:.3f} s, scoring {1000 * t['score_seconds']:.2f} ms"
+          f" for all configurations")
+
+
+def cmd_eval(args) -> None:
+    from mqbench.harness import EvalOptions, evaluate_proxy
+    from mqbench.leaderboard import save_record
+    from mqbench.proxy import get_proxy
+    from mqbench.tasks import load_task
+
+    p = get_proxy(args.proxy)
+    tasks = [load_task(t) for t in (args.task or [None])]
+    opts = EvalOptions(bootstrap=args.bootstrap, timeout=args.timeout, mem_mb=args.mem_mb,
+                       progress=not args.quiet)
+    for task in tasks:
+        rec = evaluate_proxy(p, task, opts)
+        print_result(rec)
+        if not args.no_record:
+            print(f"  recorded in {save_record(rec)}")
+
+
+def cmd_proxies(args) -> None:
+    from mqbench.proxy import list_proxies
+
+    for name, p in list_proxies().items():
+        print(f"{name:16s} v{p.version}  {p.kind:9s}  {p.paper}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mqbench",
@@ -101,7 +150,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge the N complete shard files into the task's table")
     p.add_argument("--force", action="store_true", help="discard an existing table and rebuild")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--data-dir", help="dataset folder (also $MQBENCH_DATA)")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("eval", help="score a proxy against tasks' ground-truth tables",
+                       description="Load a proxy (file path or registered name), run it "
+                       "isolated on each task's cached statistics, and report Spearman, "
+                       "Kendall, Spearman@top-k, layer-level Spearman and the accuracy of its "
+                       "ILP bit allocations. Builds the task's table on first use. Results are "
+                       "recorded under leaderboard/records/ unless --no-record.")
+    p.add_argument("--proxy", required=True, help="proxy file (proxies/NAME.py) or name")
+    p.add_argument("--task", action="append",
+                   help="task name or .toml path; repeat for several (default: bundled task)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per proxy call")
+    p.add_argument("--mem-mb", type=int, default=4096, help="memory allowed to the proxy (MiB)")
+    p.add_argument("--no-record", action="store_true", help="do not write to the leaderboard")
+    p.add_argument("--data-dir", help="dataset folder (also $MQBENCH_DATA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("proxies", help="list the registered proxies",
+                       description="List the proxies found in proxies/ and $MQBENCH_PROXIES.")
+    p.set_defaults(func=cmd_proxies)
 
     p = sub.add_parser("show", help="summarise a task's table and its provenance",
                        description="Verify and summarise a built table.")

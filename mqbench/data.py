@@ -56,8 +56,12 @@ def subset_indices(total: int, n: int, seed: int) -> torch.Tensor | None:
 
 
 def normalization(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel mean and std, shaped [1, C, 1, 1], for inputs scaled to [0, 1]."""
-    mean, std = _STATS[spec.dataset]
+    """Channel mean and std, shaped [1, C, 1, 1], for inputs scaled to [0, 1].
+
+    The task's own `data.mean`/`data.std` win over the dataset's statistics: a pretrained
+    checkpoint must see inputs normalised the way it was trained.
+    """
+    mean, std = (spec.mean, spec.std) if spec.mean else _STATS[spec.dataset]
     return (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
 
 
@@ -202,4 +206,7 @@ def _imagenet_hf(spec: DataSpec, split: str, n: int, seed: int) -> Split:
     idx = subset_indices(len(ds), n, seed)
     if idx is not None:
         ds = ds.select(idx.tolist())
-    return _stack(ds["image"], ds["label"], _imagenet_transform(spec.image_size))
+    # Rows are decoded one at a time: `ds["image"]` would decode the whole column at once in
+    # datasets < 4 (gigabytes for an ImageNet evaluation set).
+    return _stack((row["image"] for row in ds), list(ds["label"]),
+                  _imagenet_transform(spec.image_size))

@@ -36,16 +36,21 @@ def weights_checksum(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+TRAIN_THREADS = 2  # float reductions depend on the thread count: fix it for equal weights
+
+
 @contextmanager
 def deterministic(seed: int):
-    """Seeded, deterministic-kernel region; restores the global flags afterwards."""
-    previous = torch.are_deterministic_algorithms_enabled()
+    """Seeded, deterministic-kernel, fixed-thread region; restores global state afterwards."""
+    previous, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(TRAIN_THREADS)
     torch.manual_seed(seed)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous)
+        torch.set_num_threads(threads)
 
 
 def train_model(model: nn.Module, data: Split, mean, std, spec, seed: int,
@@ -116,7 +121,7 @@ def load_or_train(task, model: nn.Module, train_split_fn, mean, std,
     model = train_model(model, train_split_fn(), mean, std, task.model.train, task.seed, progress)
     state = model.state_dict()
     manifest = {"task": task.key, "seed": task.seed, "checksum": weights_checksum(state),
-                "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "torch": torch.__version__, "threads": TRAIN_THREADS,
                 "train_seconds": round(time.perf_counter() - start, 1)}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_suffix(".tmp")

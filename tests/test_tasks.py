@@ -1,0 +1,172 @@
+"""Task files: every shipped file is valid and builds its space; bad files fail by field."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from mqbench import data as D
+from mqbench.errors import MqbenchError
+from mqbench.models import build_model
+from mqbench.space import build_space
+from mqbench.tasks import list_tasks, load_task, parse_task
+
+TASK_FILES = sorted((Path(__file__).parent.parent / "tasks").glob("*.toml"))
+# Units per shipped task, counted by hand from the architectures (tied convs join a unit):
+# resnet18 = stem + 16 block convs + fc; resnet50 = stem + 48 bottleneck convs + fc;
+# mobilenet_v2 = 52 convs + classifier; ViT-S/DeiT-S = patch embed + 12 x 4 linears + head.
+EXPECTED_UNITS = {
+    "cifar10-resnet20": 20, "digits-resnet8": 8, "digits-vit": 10, "fmnist-resnet8": 8,
+    "fmnist-vit": 18, "imagenet-deit": 50, "imagenet-hf-resnet18": 18,
+    "imagenet-mobilenetv2": 53, "imagenet-resnet18": 18, "imagenet-resnet50": 50,
+    "imagenet-vit": 50,
+}
+NATIVE = {"digits": (1, 8), "fashion-mnist": (1, 28), "cifar10": (3, 32)}
+
+VALID = """
+name = "{name}"
+version = 1
+[model]
+arch = "resnet8"
+[data]
+dataset = "digits"
+[quant]
+weight_bits = [2, 4]
+"""
+
+
+@pytest.fixture
+def task_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MQBENCH_TASKS", str(tmp_path))
+    return tmp_path
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def _error(folder: Path, text: str, name: str = "bad") -> str:
+    _write(folder, name, text)
+    with pytest.raises(MqbenchError) as exc:
+        load_task(name)
+    msg = str(exc.value)
+    assert "\n" not in msg and f"{name}.toml" in msg  # one line, naming the file
+    return msg
+
+
+def test_shipped_tasks_found():
+    assert {p.stem for p in TASK_FILES} == set(EXPECTED_UNITS)
+    assert set(EXPECTED_UNITS) <= set(list_tasks())
+
+
+@pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: p.stem)
+def test_shipped_task_parses(path):
+    task = load_task(path.stem)
+    assert task.name == path.stem and task.version >= 1 and task.description
+    assert task.key == f"{path.stem}-v{task.version}" and len(task.checksum) == 64
+    assert path.read_text().startswith("#")  # a header says what it is and where data comes from
+    assert load_task(path) == task  # by path as well as by name
+
+
+@pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: p.stem)
+def test_shipped_task_space(path):
+    """The layer patterns and ties name real modules and give the documented unit count."""
+    task = load_task(path.stem)
+    chans, size = NATIVE.get(task.data.dataset, (3, task.data.image_size or 224))
+    spec = dataclasses.replace(task.model, pretrained=False)  # architecture only, offline
+    model = build_model(spec, chans, D.num_classes(task.data), size).eval()
+    q = task.quant
+    space = build_space(model, torch.zeros(1, chans, size, size), q.layers, q.exclude, q.tie,
+                        q.weight_bits, q.act_bits)
+    assert len(space.units) == EXPECTED_UNITS[task.name]
+    assert len(space.modules) == len(space.units) + len(q.tie)
+    assert all(m > 0 for m in space.macs)
+
+
+def test_unknown_task_did_you_mean():
+    with pytest.raises(MqbenchError, match="did you mean 'fmnist-resnet8'"):
+        load_task("fmnist-resnet9")
+
+
+def test_custom_task_from_env(task_dir):
+    _write(task_dir, "mine", VALID.format(name="mine"))
+    assert list_tasks()["mine"] == task_dir / "mine.toml"
+    task = load_task("mine")
+    assert task.quant.weight_bits == (2, 4) and task.quant.act_bits == (8,)
+    assert task.data.calibration_samples == 256  # defaults fill what the file leaves out
+
+
+def test_malformed_toml(task_dir):
+    assert "not valid TOML" in _error(task_dir, VALID.format(name="bad") + "[quant\n")
+
+
+def test_unknown_field(task_dir):
+    text = VALID.format(name="bad").replace('arch = "resnet8"', 'arch = "resnet8"\nwidht = 8')
+    msg = _error(task_dir, text)
+    assert "model" in msg and "unknown field 'widht'" in msg and "did you mean 'width'" in msg
+
+
+def test_missing_field(task_dir):
+    text = VALID.format(name="bad").replace("weight_bits = [2, 4]", "act_bits = [8]")
+    assert "missing required field 'weight_bits'" in _error(task_dir, text)
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ("weight_bits = [2, 4]", 'weight_bits = "4"', "quant.weight_bits"),
+    ("weight_bits = [2, 4]", "weight_bits = [2, 4.5]", "quant.weight_bits[1]"),
+    ("version = 1", "version = true", "version"),
+    ('arch = "resnet8"', "arch = 8", "model.arch"),
+    ("version = 1", "version = 1\nharness = 3", "harness"),
+])
+def test_wrong_type(task_dir, old, new, field):
+    msg = _error(task_dir, VALID.format(name="bad").replace(old, new))
+    assert field in msg and "expected" in msg
+
+
+def test_bad_choice(task_dir):
+    msg = _error(task_dir, VALID.format(name="bad").replace('"digits"', '"imagenet"'))
+    assert "data.dataset" in msg and "imagenet-folder" in msg
+
+
+@pytest.mark.parametrize("bits", ["[0, 4]", "[4, 17]"])
+def test_bits_out_of_range(task_dir, bits):
+    msg = _error(task_dir, VALID.format(name="bad").replace("[2, 4]", bits))
+    assert "quant.weight_bits" in msg and "1..16" in msg
+
+
+@pytest.mark.parametrize("bits", ["[4, 2]", "[2, 2, 4]"])
+def test_bits_unsorted_or_repeated(task_dir, bits):
+    msg = _error(task_dir, VALID.format(name="bad").replace("[2, 4]", bits))
+    assert "quant.weight_bits" in msg and "ascending" in msg
+
+
+def test_act_bits_checked_too(task_dir):
+    text = VALID.format(name="bad").replace("[2, 4]", "[2, 4]\nact_bits = [8, 4]")
+    assert "quant.act_bits" in _error(task_dir, text)
+
+
+def test_name_must_match_file(task_dir):
+    msg = _error(task_dir, VALID.format(name="other"))
+    assert "'other'" in msg and "file name 'bad'" in msg
+
+
+def test_mean_std_checked(task_dir):
+    text = VALID.format(name="bad").replace('dataset = "digits"',
+                                            'dataset = "digits"\nmean = [0.5]')
+    assert "mean and std" in _error(task_dir, text)
+
+
+def test_duplicate_name(task_dir):
+    _write(task_dir, "fmnist-resnet8", VALID.format(name="fmnist-resnet8"))
+    with pytest.raises(MqbenchError, match="defined twice"):
+        list_tasks()
+
+
+def test_parse_task_names_source():
+    with pytest.raises(MqbenchError, match="task file here.toml: unknown field 'nmae'"):
+        parse_task('nmae = "x"', "here.toml")
