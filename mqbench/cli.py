@@ -69,6 +69,34 @@ def _summary(table) -> None:
               f"mean |Δacc| {float(m['noise_mean_abs_acc_diff']):.4f}")
 
 
+def _parse_bits(text: str) -> dict[str, int]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, sep, bits = part.partition("=")
+        if not sep or not bits.strip().isdigit():
+            raise MqbenchError(f"--bits: expected NAME=BITS[,NAME=BITS...], got {part!r}")
+        out[name.strip()] = int(bits)
+    return out
+
+
+def cmd_measure(args) -> None:
+    from mqbench.bench import open_bench
+    from mqbench.space import BitConfig
+    from mqbench.tasks import load_task
+
+    task = load_task(args.task)
+    bench = open_bench(task, progress=not args.quiet)
+    space = bench.space
+    if args.config:
+        cfg = space.validate(BitConfig.from_key(args.config))
+    else:
+        cfg = space.from_mapping(_parse_bits(args.bits or ""))
+    m = bench.evaluator(args.cal_seed if args.cal_seed is not None else task.seed).evaluate(cfg)
+    print(f"{cfg.key}\n  acc {m.acc:.4f}  loss {m.loss:.4f}  kl {m.kl:.5f}  size "
+          f"{space.size_bits(cfg) / 8 / 1024:.1f} KiB  BOPs {space.bops(cfg):.4g}")
+    print("  units: " + ", ".join(space.units))
+
+
 def cmd_show(args) -> None:
     from mqbench.table import load_table
     from mqbench.tasks import load_task
@@ -169,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset folder (also $MQBENCH_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("measure", help="quantize and evaluate one bit configuration",
+                       description="Evaluate one configuration with the task's quantizer. "
+                       "Units not named in --bits get the highest weight bit choice.")
+    p.add_argument("task", nargs="?", default=None, help="task name (default: bundled task)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", help="canonical key, e.g. 'w:4.2.3|a:8.8.8'")
+    g.add_argument("--bits", help="per-unit weight bits, e.g. 'conv1=8,layer1.0.conv1=2'")
+    p.add_argument("--cal-seed", type=int, help="calibration seed (default: the task seed)")
+    p.add_argument("--data-dir", help="dataset folder (also $MQBENCH_DATA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("proxies", help="list the registered proxies",
                        description="List the proxies found in proxies/ and $MQBENCH_PROXIES.")

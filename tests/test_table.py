@@ -159,3 +159,18 @@ def test_cli_build_and_show(tiny_env):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "noise floor" in out.stdout and "rows" in out.stdout
+
+
+def test_cli_measure_and_bad_configs(tiny_env, capsys):
+    assert main(["measure", "tiny", "--bits", "conv1=2,fc=4", "--quiet"]) == 0
+    assert "w:2.8.8.8.8.8.8.4|a:8.8.8.8.8.8.8.8" in capsys.readouterr().out
+    cases = [(["--bits", "conv1=5"], "not in the task's choices"),
+             (["--bits", "layer9.conv1=2"], "not a unit"),
+             (["--bits", "layer2.0.downsample.0=2"], "tied to 'layer2.0.conv2'"),
+             (["--bits", "conv1"], "expected NAME=BITS"),
+             (["--config", "w:2.2|a:8.8"], "this task has 8 units"),
+             (["--config", "eval('1')"], "malformed")]
+    for extra, msg in cases:
+        assert main(["measure", "tiny", "--quiet", *extra]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err

@@ -1,0 +1,79 @@
+"""Speed benchmarks (pytest-benchmark). Run: python -m pytest -m benchmark --benchmark-enable.
+
+Targets are reported as ratios measured in the same run, printed at the end of each test:
+  * one configuration's evaluation <= 1.3x a full-precision forward pass over the same set;
+  * scoring every configuration of a table with cached statistics < 50 ms;
+  * one ILP allocation for a 20-unit model < 20 ms.
+They use the bundled Fashion-MNIST tasks when the data is installed, else the digits tasks.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mqbench import allocate as A
+from mqbench.bench import open_bench
+from mqbench.data import FMNIST_SYSTEM_DIR
+from mqbench.harness import config_matrix, config_scores
+from mqbench.space import Space, sample_configs
+from mqbench.tasks import load_task
+
+pytestmark = pytest.mark.benchmark
+FMNIST = (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists()
+TASKS = ["fmnist-resnet8", "fmnist-vit"] if FMNIST else ["digits-resnet8", "digits-vit"]
+
+
+def _best_of(fn, n=5):
+    fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+@pytest.mark.parametrize("task_name", TASKS)
+def test_config_eval_vs_fp_forward(benchmark, task_name):
+    bench = open_bench(load_task(task_name), progress=False)
+    ev = bench.evaluator(bench.task.seed)
+    cfg = sample_configs(bench.space, 1, 1, seed=0)[0]
+    fp_model = bench.model
+
+    def fp_pass():
+        with torch.inference_mode():
+            for x in ev._batches():
+                fp_model(x.contiguous())
+
+    fp = _best_of(fp_pass)
+    benchmark.pedantic(ev.evaluate, args=(cfg,), rounds=5, warmup_rounds=1)
+    ratio = benchmark.stats.stats.min / fp
+    benchmark.extra_info.update(fp_forward_s=fp, ratio=ratio)
+    print(f"\n{task_name}: eval {benchmark.stats.stats.min:.3f} s vs FP forward {fp:.3f} s "
+          f"-> ratio {ratio:.2f} (target <= 1.3)")
+
+
+def test_scoring_all_configs(benchmark):
+    bench = open_bench(load_task(TASKS[0]), progress=False)
+    keys = [c.key for c in sample_configs(bench.space, 1000, 10, seed=0)]
+    idx = config_matrix(bench.space, keys)
+    damage = np.random.default_rng(0).random((len(bench.space.units), 4))
+    benchmark(config_scores, damage, idx)
+    print(f"\nscoring {len(keys)} configurations: {1000 * benchmark.stats.stats.mean:.3f} ms "
+          f"(target < 50 ms)")
+
+
+def test_ilp_20_units(benchmark):
+    n = 20
+    params = tuple(int(p) for p in np.random.default_rng(0).integers(1_000, 500_000, n))
+    space = Space(tuple(map(str, range(n))), tuple(range(n)), tuple(map(str, range(n))),
+                  (2, 3, 4, 8), (8,), params, params)
+    damage = np.sort(np.random.default_rng(1).random((n, 4)), axis=1)[:, ::-1].copy()
+    cost, budget = A.costs(space), A.budget_for(space, 3.0)
+    benchmark(A.allocate, damage, cost, budget)
+    print(f"\nILP, 20 units x 4 bit choices: {1000 * benchmark.stats.stats.mean:.2f} ms "
+          f"(target < 20 ms)")

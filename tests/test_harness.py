@@ -1,0 +1,122 @@
+"""Harness end to end on a tiny task: eval CLI, records, bad proxies, isolation limits."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from mqbench.cli import main
+from mqbench.errors import MqbenchError
+from mqbench.harness import EvalOptions, evaluate_proxy, layer_truth
+from mqbench.proxy import get_proxy, load_proxy_file
+from mqbench.sandbox import run_limited
+from mqbench.score import spearman
+from mqbench.table import load_table
+from mqbench.tasks import load_task
+
+GOOD = '''
+"""Weight norm per module."""
+from mqbench.proxy import proxy
+
+@proxy(name="good", version=2, paper="test", kind="layer")
+def good(stats):
+    return [float(stats.weights[m].norm()) for m in stats.modules]
+'''
+
+BAD = {
+    "nan": 'return [float("nan")] * len(stats.modules)',
+    "shape": "return [1.0, 2.0]",
+    "raises": 'raise RuntimeError("boom")',
+    "slow": "import time\n    time.sleep(60)",
+    "memory": "x = bytearray(6 << 30)\n    return x",
+}
+
+
+def _write(folder, name, body):
+    path = folder / f"{name}.py"
+    path.write_text('from mqbench.proxy import proxy\n\n'
+                    f'@proxy(name="{name}", kind="layer")\ndef f(stats):\n    {body}\n')
+    return path
+
+
+@pytest.fixture
+def lb(tiny_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("MQBENCH_LEADERBOARD", str(tmp_path / "lb"))
+    return tmp_path / "lb"
+
+
+def test_eval_cli_end_to_end(lb, tmp_path, capsys):
+    path = tmp_path / "good.py"
+    path.write_text(GOOD)
+    assert main(["eval", "--proxy", str(path), "--task", "tiny", "--quiet",
+                 "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "Spearman@top20%" in out and "ILP @ 3.00" in out
+    rec = json.loads((lb / "records" / "tiny" / "good.json").read_text())
+    assert rec["proxy_version"] == 2 and rec["task_version"] == 1
+    assert len(rec["scores"]) == rec["n_configs"] == 24 + 3
+    for key in ("package_version", "git_commit", "seed", "table_checksum", "proxy_sha256"):
+        assert rec[key] is not None
+    # the recorded metrics are recomputable from the raw scores and the table
+    table = load_table(load_task("tiny"))
+    cfg = table.configs().set_index("key")
+    keys = list(rec["scores"])
+    assert rec["metrics"]["spearman"] == pytest.approx(
+        spearman([rec["scores"][k] for k in keys], cfg.loc[keys, "acc"]), abs=1e-6)
+    for d in rec["downstream"]:
+        assert d["size_bits"] <= d["budget_avg_bits"] * sum(
+            __import__("mqbench.bench", fromlist=["x"]).open_bench(
+                load_task("tiny"), progress=False).space.params) + 1e-6
+
+
+def test_layer_truth_is_loss_increase(tiny_env):
+    from mqbench.bench import open_bench
+    from mqbench.table import build_table
+
+    task = load_task("tiny")
+    build_table(task, progress=False)
+    table = load_table(task)
+    space = open_bench(task, progress=False).space
+    truth = layer_truth(table, space)
+    fp = table.kind("fp").loss.iloc[0]
+    row = table.kind("layer").iloc[0]  # first unit at 2 bits
+    assert truth[space.units.index(row.unit)] == pytest.approx(row.loss - fp)
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_proxies_fail_cleanly(kind, lb, tmp_path):
+    path = _write(tmp_path, kind, BAD[kind])
+    opts = EvalOptions(bootstrap=0, timeout=3, mem_mb=1024, progress=False)
+    with pytest.raises(MqbenchError) as err:
+        evaluate_proxy(load_proxy_file(path), load_task("tiny"), opts)
+    msg = str(err.value)
+    assert f"proxy {kind!r}" in msg and "\n" not in msg
+    expect = {"nan": "NaN", "shape": "shape", "raises": "RuntimeError: boom",
+              "slow": "time limit", "memory": "memory"}[kind]
+    assert expect in msg
+    assert not (lb / "records").exists()
+
+
+def test_loading_errors(tmp_path, lb, capsys):
+    with pytest.raises(MqbenchError, match="does not exist"):
+        load_proxy_file(tmp_path / "nope.py")
+    (tmp_path / "syntax.py").write_text("def (:\n")
+    with pytest.raises(MqbenchError, match="failed to import: SyntaxError"):
+        load_proxy_file(tmp_path / "syntax.py")
+    (tmp_path / "none.py").write_text("x = 1\n")
+    with pytest.raises(MqbenchError, match="exactly one @proxy"):
+        load_proxy_file(tmp_path / "none.py")
+    with pytest.raises(MqbenchError, match="unknown proxy"):
+        get_proxy("definitely_not_a_proxy")
+    assert main(["eval", "--proxy", str(tmp_path / "none.py"), "--task", "tiny"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_sandbox_kills_hung_code_quickly():
+    start = time.perf_counter()
+    with pytest.raises(MqbenchError, match="time limit"):
+        run_limited(time.sleep, (30,), name="sleeper", timeout=1)
+    assert time.perf_counter() - start < 5
+    assert run_limited(sum, ([1, 2, 3],), name="ok") == 6
