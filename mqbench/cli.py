@@ -37,6 +37,11 @@ def cmd_build(args) -> None:
     from mqbench.tasks import load_task
 
     task = load_task(args.task)
+    if args.export:
+        from mqbench.table import export_table
+
+        print(f"exported to {export_table(task)}")
+        return
     if args.merge:
         path = merge_shards(task, args.merge, progress=not args.quiet)
     else:
@@ -98,10 +103,13 @@ def cmd_measure(args) -> None:
 
 
 def cmd_show(args) -> None:
-    from mqbench.table import load_table
+    from mqbench.table import import_shipped, load_table, table_path
     from mqbench.tasks import load_task
 
-    _summary(load_table(load_task(args.task)))
+    task = load_task(args.task)
+    if not table_path(task).exists():
+        import_shipped(task)
+    _summary(load_table(task))
 
 
 def _fmt(v, ci=None) -> str:
@@ -122,7 +130,7 @@ def print_result(rec: dict) -> None:
     for label, key in rows:
         print(f"  {label:28s} {_fmt(m.get(key), (m.get(key + '_lo'), m.get(key + '_hi')))}")
     for d in rec["downstream"]:
-        print(f"  ILP @ {d['budget_avg_bits']:.2f} avg bits: acc {d['acc']:.4f} (best in table "
+        print(f"  ILP {d['metric']:4s} @ {d['budget_avg_bits']:.2f} avg bits: acc {d['acc']:.4f} (best in table "
               f"{d['best_table_acc']:.4f}, gap {d['gap_to_best']:+.4f})  {d['config']}")
     t = rec["timing"]
     print(f"  time: proxy {t['proxy_seconds']:.3f} s, scoring {1000 * t['score_seconds']:.2f} ms"
@@ -177,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", type=int, metavar="N",
                    help="merge the N complete shard files into the task's table")
     p.add_argument("--force", action="store_true", help="discard an existing table and rebuild")
+    p.add_argument("--export", action="store_true",
+                   help="copy the built table and weights to tasks/artifacts/ (maintainers)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--data-dir", help="dataset folder (also $MQBENCH_DATA)")
     p.set_defaults(func=cmd_build)

@@ -25,7 +25,7 @@ from mqbench.proxy import Proxy, damage_matrix
 from mqbench.sandbox import run_limited
 from mqbench.space import BitConfig
 from mqbench.stats import Stats
-from mqbench.table import _git_commit, build_table, load_table, table_path
+from mqbench.table import _git_commit, build_table, import_shipped, load_table, table_path
 from mqbench.tasks import Task
 
 RECORD_SCHEMA = 1
@@ -45,7 +45,7 @@ class EvalOptions:
 
 def ensure_table(task: Task, progress: bool = True):
     """The task's verified table, built and cached on first use."""
-    if not table_path(task).exists():
+    if not table_path(task).exists() and not import_shipped(task):
         build_table(task, progress=progress)
     else:
         try:
@@ -96,6 +96,9 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> d
     """Evaluate `p` on `task`; returns the result record (see leaderboard.py)."""
     table = ensure_table(task, opts.progress)
     bench = open_bench(task, opts.progress)
+    if table.meta.get("weights_checksum") != bench.weights_manifest.get("checksum", "pretrained"):
+        raise MqbenchError(f"the table of {task.key} was built from other model weights than the "
+                           f"cached ones; rebuild it with `mqbench build {task.name} --force`")
     space = bench.space
     stats = Stats(bench)
     stats.compute_all()  # computed before the fork, so the isolated child only reads them
@@ -127,20 +130,22 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> d
     if opts.downstream and damage is not None:
         ev = bench.evaluator(task.seed)
         fixed = A.fixed_indices(space, task.harness.fixed)
-        cost = A.costs(space, "size")
         all_rows = table.rows[(table.rows.cal_seed == task.seed)
                               & table.rows.kind.isin(["uniform", "sample"])]
-        for avg in task.harness.budgets:
-            budget = A.budget_for(space, avg, "size")
-            cfg = A.allocation_config(space, A.allocate(damage, cost, budget, fixed))
-            m = ev.evaluate(cfg)
-            within = all_rows[all_rows.size_bits <= budget + 1e-6]
-            best = float(within.acc.max()) if len(within) else float("nan")
-            downstream.append({"budget_avg_bits": avg, "metric": "size", "config": cfg.key,
-                               "acc": m.acc, "loss": m.loss, "kl": m.kl,
-                               "size_bits": space.size_bits(cfg), "bops": space.bops(cfg),
-                               "best_table_acc": best, "gap_to_best": best - m.acc})
-    accs = [d["acc"] for d in downstream]
+        for metric in ("size", "bops"):
+            cost = A.costs(space, metric)
+            column = "size_bits" if metric == "size" else "bops"
+            for avg in task.harness.budgets:
+                budget = A.budget_for(space, avg, metric)
+                cfg = A.allocation_config(space, A.allocate(damage, cost, budget, fixed))
+                m = ev.evaluate(cfg)
+                within = all_rows[all_rows[column] <= budget * (1 + 1e-9)]
+                best = float(within.acc.max()) if len(within) else float("nan")
+                downstream.append({"budget_avg_bits": avg, "metric": metric, "config": cfg.key,
+                                   "acc": m.acc, "loss": m.loss, "kl": m.kl,
+                                   "size_bits": space.size_bits(cfg), "bops": space.bops(cfg),
+                                   "best_table_acc": best, "gap_to_best": best - m.acc})
+    accs = [d["acc"] for d in downstream if d["metric"] == "size"]
     alpha = task.harness.alpha
     if accs and np.isfinite(metrics["layer_spearman"]):
         metrics["fitness"] = alpha * metrics["layer_spearman"] + (1 - alpha) * float(np.mean(accs))

@@ -162,4 +162,6 @@ def damage_matrix(p: Proxy, raw, stats) -> tuple[np.ndarray, np.ndarray]:
         return damage, sens
     damage = np.zeros((len(units), nb))
     np.add.at(damage, unit_of if per_module else np.arange(len(units)), arr)
-    return damage, damage[:, 0]
+    # A row offset never changes a ranking (every configuration picks one entry per row), so
+    # a unit's sensitivity is its damage at the lowest bit-width relative to the highest.
+    return damage, damage[:, 0] - damage[:, -1]

@@ -11,7 +11,9 @@ provenance and, once complete, a sha256 over all rows that every load verifies.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -120,6 +122,9 @@ def _connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
             con.execute(_DDL)
         return con
     except duckdb.Error as exc:
+        if "lock" in str(exc).lower():
+            raise MqbenchError(f"table {path} is being written by another mqbench process; "
+                               f"wait for it to finish (builds resume, nothing is lost)") from None
         raise MqbenchError(f"table {path} is unreadable ({str(exc).splitlines()[0][:100]}); "
                            f"delete it and rebuild with `mqbench build`") from None
 
@@ -296,6 +301,50 @@ def merge_shards(task: Task, n: int, progress: bool = True) -> Path:
                            "different --shard counts?")
     os.replace(tmp, out)  # the finished table appears atomically
     return out
+
+
+def export_table(task: Task) -> Path:
+    """Write the verified table as Parquet + JSON meta next to the shipped weights."""
+    from mqbench.train import shipped_dir
+
+    table = load_table(task)
+    out = shipped_dir(task)
+    out.mkdir(parents=True, exist_ok=True)
+    con = _connect(table.path, read_only=True)
+    try:
+        con.execute(f"COPY (SELECT {', '.join(COLUMNS)} FROM results ORDER BY kind, cal_seed, "
+                    f"key) TO '{out / 'table.parquet'}' (FORMAT PARQUET)")
+    finally:
+        con.close()
+    (out / "table_meta.json").write_text(json.dumps(table.meta, indent=1, sort_keys=True) + "\n")
+    models = cache_dir() / "models" / task.key
+    for name in ("weights.pt", "manifest.json"):
+        if (models / name).exists():
+            shutil.copyfile(models / name, out / name)
+    return out
+
+
+def import_shipped(task: Task) -> bool:
+    """Install the repository's shipped table for `task` into the cache; False if none."""
+    from mqbench.train import shipped_dir
+
+    src = shipped_dir(task)
+    if not (src / "table.parquet").exists():
+        return False
+    path = table_path(task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".import{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    con = _connect(tmp)
+    try:
+        con.execute(f"INSERT INTO results SELECT {', '.join(COLUMNS)} FROM "
+                    f"read_parquet('{src / 'table.parquet'}')")
+        _set_meta(con, json.loads((src / "table_meta.json").read_text()))
+    finally:
+        con.close()
+    os.replace(tmp, path)
+    load_table(task)  # verifies checksum and provenance; raises if the shipped copy is stale
+    return True
 
 
 def load_table(task: Task) -> Table:

@@ -97,14 +97,30 @@ def train_model(model: nn.Module, data: Split, mean, std, spec, seed: int,
     return model.eval()
 
 
+def shipped_dir(task) -> Path:
+    """Where the repository ships a bundled task's trained weights and table."""
+    from mqbench.tasks import REPO_ROOT
+
+    return REPO_ROOT / "tasks" / "artifacts" / task.key
+
+
 def load_or_train(task, model: nn.Module, train_split_fn, mean, std,
                   progress: bool = True) -> tuple[nn.Module, dict]:
-    """Load the task's cached trained weights (verifying their checksum) or train and cache.
+    """Load the task's trained weights (verifying their checksum) or train and cache them.
 
-    Returns the model and the manifest (checksum, seed, versions, training time).
+    Looks in the cache, then in the weights shipped with the repository (copied into the
+    cache), and trains only when neither exists. Returns the model and the manifest
+    (checksum, seed, versions, training time).
     """
     folder = cache_dir() / "models" / task.key
     weights, manifest_path = folder / "weights.pt", folder / "manifest.json"
+    shipped = shipped_dir(task)
+    if not weights.exists() and (shipped / "weights.pt").exists():
+        import shutil
+
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shipped / "manifest.json", manifest_path)
+        shutil.copyfile(shipped / "weights.pt", weights)
     if weights.exists() and manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         try:

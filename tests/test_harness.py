@@ -53,7 +53,7 @@ def test_eval_cli_end_to_end(lb, tmp_path, capsys):
     assert main(["eval", "--proxy", str(path), "--task", "tiny", "--quiet",
                  "--bootstrap", "50"]) == 0
     out = capsys.readouterr().out
-    assert "Spearman@top20%" in out and "ILP @ 3.00" in out
+    assert "Spearman@top20%" in out and "ILP size @ 3.00" in out and "ILP bops @ 4.00" in out
     rec = json.loads((lb / "records" / "tiny" / "good.json").read_text())
     assert rec["proxy_version"] == 2 and rec["task_version"] == 1
     assert len(rec["scores"]) == rec["n_configs"] == 24 + 3
@@ -65,10 +65,14 @@ def test_eval_cli_end_to_end(lb, tmp_path, capsys):
     keys = list(rec["scores"])
     assert rec["metrics"]["spearman"] == pytest.approx(
         spearman([rec["scores"][k] for k in keys], cfg.loc[keys, "acc"]), abs=1e-6)
+    from mqbench import allocate as A
+    from mqbench.bench import open_bench
+
+    space = open_bench(load_task("tiny"), progress=False).space
+    assert len(rec["downstream"]) == 4  # (size, bops) x budgets (3, 4)
     for d in rec["downstream"]:
-        assert d["size_bits"] <= d["budget_avg_bits"] * sum(
-            __import__("mqbench.bench", fromlist=["x"]).open_bench(
-                load_task("tiny"), progress=False).space.params) + 1e-6
+        used = d["size_bits"] if d["metric"] == "size" else d["bops"]
+        assert used <= A.budget_for(space, d["budget_avg_bits"], d["metric"]) * (1 + 1e-9)
 
 
 def test_layer_truth_is_loss_increase(tiny_env):
