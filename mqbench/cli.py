@@ -161,6 +161,17 @@ def cmd_proxies(args) -> None:
         print(f"{name:16s} v{p.version}  {p.kind:9s}  {p.paper}")
 
 
+def cmd_leaderboard(args) -> None:
+    from mqbench import leaderboard as L
+    from mqbench.tasks import DEFAULT_TASK
+
+    if args.action == "rebuild":
+        print(f"rebuilt {L.rebuild_db()} from {L.leaderboard_dir() / 'records'}")
+    else:
+        for task in args.task or [DEFAULT_TASK]:
+            print(f"### {task}\n\n{L.markdown_table(task)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mqbench",
@@ -223,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("proxies", help="list the registered proxies",
                        description="List the proxies found in proxies/ and $MQBENCH_PROXIES.")
     p.set_defaults(func=cmd_proxies)
+
+    p = sub.add_parser("leaderboard", help="rebuild the leaderboard database or print tables",
+                       description="`rebuild`: recreate leaderboard/mqbench.duckdb from the "
+                       "record files. `table`: print the Markdown comparison table per task.")
+    p.add_argument("action", choices=["rebuild", "table"])
+    p.add_argument("--task", action="append", help="task name(s) for `table`")
+    p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("show", help="summarise a task's table and its provenance",
                        description="Verify and summarise a built table.")

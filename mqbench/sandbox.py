@@ -25,6 +25,11 @@ def _vm_bytes() -> int:
 
 def _child(conn, fn, args, mem_bytes: int, cpu_seconds: int, setup) -> None:
     try:
+        # OpenMP's thread pool does not survive fork(): a parallel region in the child would
+        # wait forever for the parent's workers. One thread keeps torch on the inline path.
+        import torch
+
+        torch.set_num_threads(1)
         os.setsid()
         if mem_bytes:
             limit = _vm_bytes() + mem_bytes

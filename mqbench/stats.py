@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch import nn
 
 from mqbench.quant import FP, fold_batchnorm
@@ -209,8 +210,10 @@ class Stats:
     def _hessian(self) -> dict:
         def compute():
             model, (x, y) = self._model(), self._batch()
-            tr, se = hessian_trace(model, self.modules, x, y, seed=self.task.seed)
-            eig = hessian_top_eig(model, self.modules, x, y, seed=self.task.seed)
+            # Fused CPU attention kernels have no double backward; the math kernel does.
+            with sdpa_kernel([SDPBackend.MATH]):
+                tr, se = hessian_trace(model, self.modules, x, y, seed=self.task.seed)
+                eig = hessian_top_eig(model, self.modules, x, y, seed=self.task.seed)
             return {"trace": tr, "trace_se": se, "eig": eig, "probes": HUTCHINSON_PROBES}
         return self._cached("hessian-v2", compute)  # v2: per-module probes
 

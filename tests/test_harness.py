@@ -124,3 +124,25 @@ def test_sandbox_kills_hung_code_quickly():
         run_limited(time.sleep, (30,), name="sleeper", timeout=1)
     assert time.perf_counter() - start < 5
     assert run_limited(sum, ([1, 2, 3],), name="ok") == 6
+
+
+def test_leaderboard_rebuild_and_table(lb, tmp_path, capsys):
+    import duckdb
+
+    from mqbench.leaderboard import rebuild_db
+
+    path = tmp_path / "good.py"
+    path.write_text(GOOD)
+    assert main(["eval", "--proxy", str(path), "--task", "tiny", "--quiet",
+                 "--bootstrap", "0"]) == 0
+    db = rebuild_db()
+    con = duckdb.connect(str(db), read_only=True)
+    row = con.execute("SELECT proxy, task, spearman FROM runs").fetchall()
+    con.close()
+    rec = json.loads((lb / "records" / "tiny" / "good.json").read_text())
+    assert row == [("good", "tiny", rec["metrics"]["spearman"])]
+    capsys.readouterr()
+    assert main(["leaderboard", "table", "--task", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "| good |" in out and "ρs@20%" in out
+    assert main(["leaderboard", "table", "--task", "nothing"]) == 2
