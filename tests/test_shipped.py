@@ -42,3 +42,27 @@ def test_shipped_table_rebuilds(name, tmp_path, monkeypatch):
         assert m.acc == pytest.approx(row.acc, abs=1.5 / len(bench.eval_split))
         assert m.loss == pytest.approx(row.loss, rel=1e-4, abs=1e-6)
         assert m.kl == pytest.approx(row.kl, rel=1e-3, abs=1e-5)
+
+
+def test_cli_eval_on_the_default_bundled_task(tmp_path, monkeypatch, capsys):
+    """The README's main job: `mqbench eval --proxy proxies/tap_best.py`, default task."""
+    import json
+
+    from mqbench.cli import main
+    from mqbench.tasks import DEFAULT_TASK, REPO_ROOT
+
+    task = load_task(DEFAULT_TASK)
+    if not (shipped_dir(task) / "table.parquet").exists():
+        pytest.skip(f"no shipped artifacts for {task.key}")
+    if not (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MQBENCH_LEADERBOARD", str(tmp_path / "lb"))
+    assert main(["eval", "--proxy", str(REPO_ROOT / "proxies" / "tap_best.py"), "--quiet",
+                 "--bootstrap", "100"]) == 0
+    out = capsys.readouterr().out
+    assert f"proxy tap v1 on {DEFAULT_TASK}" in out
+    rec = json.loads((tmp_path / "lb" / "records" / DEFAULT_TASK / "tap.json").read_text())
+    assert rec["n_configs"] >= 1000
+    assert rec["table_checksum"] == load_table(task).meta["rows_checksum"]
+    assert -1 <= rec["metrics"]["spearman"] <= 1 and rec["metrics"]["spearman"] > 0
