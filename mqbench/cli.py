@@ -54,7 +54,7 @@ def cmd_build(args) -> None:
 
 
 def _summary(table) -> None:
-    m, rows = table.meta, table.rows
+    m = table.meta
     print(f"table {table.path}")
     print(f"  task {m['task']} v{m['task_version']}  seed {m['seed']}  mqbench "
           f"{m['package_version']}  commit {m['git_commit'][:12]}  rows {m['rows']}")

@@ -12,26 +12,16 @@ module with its own unit's bit-width.
 
 import numpy as np
 
+from mqbench.ops import linear_cka_matrix
 from mqbench.proxy import proxy
 
 
-def _centered_gram(x) -> np.ndarray:
-    a = x.detach().double().reshape(x.shape[0], -1).numpy()
-    k = a @ a.T
-    h = np.eye(len(k)) - 1.0 / len(k)
-    return h @ k @ h
-
-
-def _cka(kx: np.ndarray, ky: np.ndarray) -> float:
-    den = np.linalg.norm(kx) * np.linalg.norm(ky)
-    return float((kx * ky).sum() / den) if den > 0 else 0.0
 
 
 @proxy(name="emq_ompq", version=1, paper="Dong et al., ICCV 2023 (EMQ), Table 1 (OMPQ)",
        kind="layer_bit")
 def emq_ompq(stats):
-    grams = [_centered_gram(stats.outputs[m]) for m in stats.modules]
-    n = len(grams)
-    orm = np.array([[_cka(grams[i], grams[j]) for j in range(n)] for i in range(n)])
+    orm = linear_cka_matrix([stats.outputs[m] for m in stats.modules])
+    n = len(orm)
     theta = np.exp(-(orm.sum(axis=1) - np.diag(orm)))
     return -np.outer(theta, np.asarray(stats.weight_bits, dtype=np.float64)) / n

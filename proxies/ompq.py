@@ -20,28 +20,18 @@ logits for fc); allocation in mqbench is an exact ILP, theirs SLSQP plus roundin
 
 import numpy as np
 
+from mqbench.ops import linear_cka_matrix
 from mqbench.proxy import proxy
 
 BETA = 1.0
 
 
-def _centered_gram(x) -> np.ndarray:
-    a = x.detach().double().reshape(x.shape[0], -1).numpy()
-    k = a @ a.T
-    h = np.eye(len(k)) - 1.0 / len(k)
-    return h @ k @ h
-
-
-def _cka(kx: np.ndarray, ky: np.ndarray) -> float:
-    den = np.linalg.norm(kx) * np.linalg.norm(ky)
-    return float((kx * ky).sum() / den) if den > 0 else 0.0
 
 
 @proxy(name="ompq", version=1, paper="Ma et al., AAAI 2023 (OMPQ), Sec. 3", kind="layer_bit")
 def ompq(stats):
-    grams = [_centered_gram(stats.outputs[u]) for u in stats.units]
-    n = len(grams)
-    orm = np.array([[_cka(grams[i], grams[j]) for j in range(n)] for i in range(n)])
+    orm = linear_cka_matrix([stats.outputs[u] for u in stats.units])
+    n = len(orm)
     gamma = orm.sum(axis=1) - np.diag(orm)
     theta = np.exp(-BETA * gamma)
     c = np.array([theta[i:].mean() for i in range(n)])

@@ -9,23 +9,12 @@ output on the calibration batch, entropy in nats (0 for a constant output).
 Higher entropy = more sensitive; the harness multiplies by ||Q_b(W) - W||^2.
 """
 
-import numpy as np
 
+from mqbench.ops import histogram_entropy
 from mqbench.proxy import proxy
 
-BINS = 256
-
-
-def _entropy(x) -> float:
-    a = x.detach().double().reshape(-1).numpy()
-    lo, hi = float(a.min()), float(a.max())
-    if not hi > lo:
-        return 0.0
-    counts, _ = np.histogram(a, bins=BINS, range=(lo, hi))
-    p = counts[counts > 0] / a.size
-    return float(-(p * np.log(p)).sum())
 
 
 @proxy(name="qe", version=1, paper="Sun et al., NeurIPS 2022 (QE)", kind="layer")
 def qe(stats):
-    return {m: _entropy(stats.outputs[m]) for m in stats.modules}
+    return {m: histogram_entropy(stats.outputs[m]) for m in stats.modules}

@@ -16,19 +16,9 @@ Higher s_l = more sensitive (TAP's prior: more bits); the harness multiplies by 
 
 import numpy as np
 
+from mqbench.ops import histogram_entropy
 from mqbench.proxy import proxy
 
-BINS = 256
-
-
-def _entropy(x) -> float:
-    a = x.detach().double().reshape(-1).numpy()
-    lo, hi = float(a.min()), float(a.max())
-    if not hi > lo:
-        return 0.0
-    counts, _ = np.histogram(a, bins=BINS, range=(lo, hi))
-    p = counts[counts > 0] / a.size
-    return float(-(p * np.log(p)).sum())
 
 
 @proxy(name="tap", version=1, paper="TAP, arXiv 2512.07419, Table 2", kind="layer")
@@ -37,5 +27,5 @@ def tap(stats):
     for i, m in enumerate(stats.modules):
         norm = float(stats.weights[m].double().norm())
         decay = float(np.exp(-stats.depth[i] / stats.num_layers))
-        out[m] = norm * _entropy(stats.inputs[m]) * decay
+        out[m] = norm * histogram_entropy(stats.inputs[m]) * decay
     return out
