@@ -49,3 +49,11 @@ def tiny_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MQBENCH_TASKS", str(tasks))
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
     return tasks
+
+
+@pytest.fixture(autouse=True)
+def _never_touch_user_dirs(tmp_path_factory, monkeypatch):
+    """Tests write caches and leaderboard records under pytest's temp dir, never ~ or the repo."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("MQBENCH_CACHE", str(base / "default-cache"))
+    monkeypatch.setenv("MQBENCH_LEADERBOARD", str(base / "default-leaderboard"))
