@@ -1,4 +1,4 @@
-"""Shared statistics for proxy files: histogram entropy and linear CKA.
+"""Shared statistics for proxy files: histogram entropy, linear CKA, EMQ's branch operators.
 
 Proxies import these instead of re-implementing them, so two proxies that name the same
 quantity compute it the same way.
@@ -40,3 +40,14 @@ def linear_cka_matrix(features: list[torch.Tensor]) -> np.ndarray:
             den = norms[i] * norms[j]
             out[i, j] = float((grams[i] * grams[j]).sum() / den) if den > 0 else 0.0
     return out
+
+
+def emq_branch1(a: torch.Tensor) -> float:
+    """EMQ genotype branch 1: log|a| (zeros -> log 1), softmax over dim 0, mean."""
+    a = torch.log(torch.where(a == 0, torch.ones_like(a), a).abs())
+    return float(torch.softmax(a, dim=0).mean())
+
+
+def emq_branch2(a: torch.Tensor) -> float:
+    """EMQ genotype branch 2: ReLU, square root, mean."""
+    return float(torch.sqrt(torch.relu(a)).mean())

@@ -232,7 +232,7 @@ class Stats:
     @functools.cached_property
     def _data_free(self) -> dict:
         def compute():
-            x = torch.ones(1, *self._batch()[0].shape[1:])
+            x = torch.ones(1, *self._bench.eval_split.x.shape[1:])  # shape only: no data load
             model = self._model()
             params = [model.get_submodule(m).weight for m in self.modules]
             for p in params:

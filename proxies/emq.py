@@ -23,19 +23,10 @@ which table the search used is unproven. The score is additive over units, so th
 """
 
 import numpy as np
-import torch
 
 from mqbench.errors import MqbenchError
+from mqbench.ops import emq_branch1, emq_branch2
 from mqbench.proxy import proxy
-
-
-def _branch1(a: torch.Tensor) -> float:
-    a = torch.log(torch.where(a == 0, torch.ones_like(a), a).abs())
-    return float(torch.softmax(a, dim=0).mean())
-
-
-def _branch2(a: torch.Tensor) -> float:
-    return float(torch.sqrt(torch.relu(a)).mean())
 
 
 @proxy(name="emq", version=1, paper="Dong et al., ICCV 2023 (EMQ), Sec. 3, searched proxy",
@@ -50,5 +41,5 @@ def emq(stats):
     for k in range(k_max):
         w = stats.weights[convs[k]].double()
         for j, b in enumerate(stats.weight_bits):
-            damage[k, j] = -_branch1(grads[k] * b) * _branch2(w * b) / k_max
+            damage[k, j] = -emq_branch1(grads[k] * b) * emq_branch2(w * b) / k_max
     return damage

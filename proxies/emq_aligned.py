@@ -10,19 +10,10 @@ proxy with D[l, b] = -branch1_l(b) * branch2_l(b) / K (zero rows for non-conv mo
 """
 
 import numpy as np
-import torch
 
 from mqbench.errors import MqbenchError
+from mqbench.ops import emq_branch1, emq_branch2
 from mqbench.proxy import proxy
-
-
-def _branch1(a: torch.Tensor) -> float:
-    a = torch.log(torch.where(a == 0, torch.ones_like(a), a).abs())
-    return float(torch.softmax(a, dim=0).mean())
-
-
-def _branch2(a: torch.Tensor) -> float:
-    return float(torch.sqrt(torch.relu(a)).mean())
 
 
 @proxy(name="emq_aligned", version=1, paper="Dong et al., ICCV 2023 (EMQ), Sec. 3, aligned",
@@ -36,5 +27,5 @@ def emq_aligned(stats):
         m = stats.modules[i]
         g, w = stats.virtual_grads[m].double(), stats.weights[m].double()
         for j, b in enumerate(stats.weight_bits):
-            damage[i, j] = -_branch1(g * b) * _branch2(w * b) / len(convs)
+            damage[i, j] = -emq_branch1(g * b) * emq_branch2(w * b) / len(convs)
     return damage

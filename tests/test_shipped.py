@@ -19,13 +19,17 @@ from mqbench.train import shipped_dir
 BUNDLED = ["fmnist-resnet8", "fmnist-vit"]
 
 
-@pytest.mark.parametrize("name", BUNDLED)
-def test_shipped_table_rebuilds(name, tmp_path, monkeypatch):
-    task = load_task(name)
+def _need_shipped_and_data(task) -> None:
     if not (shipped_dir(task) / "table.parquet").exists():
         pytest.skip(f"no shipped artifacts for {task.key}")
     if not (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_shipped_table_rebuilds(name, tmp_path, monkeypatch):
+    task = load_task(name)
+    _need_shipped_and_data(task)
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
     assert import_shipped(task)
     table = load_table(task)  # verifies the rows checksum and the task checksum
@@ -52,10 +56,7 @@ def test_cli_eval_on_the_default_bundled_task(tmp_path, monkeypatch, capsys):
     from mqbench.tasks import DEFAULT_TASK, REPO_ROOT
 
     task = load_task(DEFAULT_TASK)
-    if not (shipped_dir(task) / "table.parquet").exists():
-        pytest.skip(f"no shipped artifacts for {task.key}")
-    if not (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    _need_shipped_and_data(task)
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MQBENCH_LEADERBOARD", str(tmp_path / "lb"))
     assert main(["eval", "--proxy", str(REPO_ROOT / "proxies" / "tap_best.py"), "--quiet",
