@@ -25,7 +25,8 @@ from mqbench.proxy import Proxy, damage_matrix
 from mqbench.sandbox import run_limited
 from mqbench.space import BitConfig
 from mqbench.stats import Stats
-from mqbench.table import _git_commit, build_table, import_shipped, load_table, table_path
+from mqbench.table import (_git_commit, build_parallel, build_table, default_jobs, import_shipped,
+                           load_table, table_path)
 from mqbench.tasks import Task
 
 RECORD_SCHEMA = 1
@@ -46,7 +47,7 @@ class EvalOptions:
 def ensure_table(task: Task, progress: bool = True):
     """The task's verified table, built and cached on first use."""
     if not table_path(task).exists() and not import_shipped(task):
-        build_table(task, progress=progress)
+        build_parallel(task, default_jobs(), progress=progress)
     else:
         try:
             return load_table(task)

@@ -209,12 +209,14 @@ def _finish(con, bench: Bench, items: list[Item]) -> None:
 
 
 def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = False,
-                progress: bool = True, chunk: int = 16, stop_after: int | None = None) -> Path:
+                progress: bool = True, chunk: int = 16, stop_after: int | None = None,
+                report=None) -> Path:
     """Build (or resume) the task's table, or one shard of it; returns the file path.
 
     Rows are committed every `chunk` measurements, so an interrupted build resumes where it
     stopped with no duplicated or missing rows. `stop_after` ends the run after that many
-    new rows (used to simulate a crash in tests).
+    new rows (used to simulate a crash in tests). `report(n)` is called after each commit
+    with the number of rows just stored (the parallel build's progress channel).
     """
     path = table_path(task, shard)
     bench = open_bench(task, progress)
@@ -254,6 +256,8 @@ def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = 
             con.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(COLUMNS))})",
                             batch)
             con.commit()
+            if report is not None:
+                report(len(batch))
         bar.close()
         elapsed = time.perf_counter() - start
         prev = float(_meta(con).get("build_seconds", 0))
@@ -261,6 +265,86 @@ def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = 
         _finish(con, bench, items)
     finally:
         con.close()
+    return path
+
+
+def default_jobs() -> int:
+    """Worker processes for a CPU build: one per core (see `build_parallel`)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+
+
+def _shard_worker(task: Task, shard: tuple[int, int], force: bool, queue) -> None:
+    torch.set_num_threads(1)
+    try:
+        build_table(task, shard=shard, force=force, progress=False, report=queue.put)
+        queue.put(("done", shard[0], ""))
+    except BaseException as exc:  # reported to the parent, which raises it as one line
+        queue.put(("error", shard[0], f"{type(exc).__name__}: {exc}"))
+
+
+def build_parallel(task: Task, jobs: int, force: bool = False, progress: bool = True) -> Path:
+    """Build the table with `jobs` single-threaded worker processes, then merge them.
+
+    The small models of the bundled tasks do not keep two cores busy inside one forward
+    pass (a 2-thread ViT evaluation is only ~1.5x a 1-thread one), so on a CPU, shards
+    evaluated side by side finish ~1.3x sooner than one 2-thread build. The workers are
+    ordinary `--shard i/jobs` builds: an interrupted parallel build resumes, and the merged
+    table holds exactly the rows (and checksum rules) of a sequential one. Row values can
+    differ from a 1-job build in the last float digits (thread count changes summation
+    order), so compare tables built with the same `jobs`.
+    """
+    if jobs <= 1:
+        return build_table(task, force=force, progress=progress)
+    out = table_path(task)
+    if force:
+        out.unlink(missing_ok=True)
+    elif out.exists():
+        return build_table(task, progress=progress)  # complete or resumable sequential table
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_shard_worker, args=(task, (i, jobs), force, queue),
+                         daemon=True) for i in range(jobs)]
+    total = len(plan(open_bench(task, progress=False)))
+    start = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    bar = tqdm(total=total, desc=f"build {task.key} ({jobs} jobs)", disable=not progress,
+               unit="cfg")
+    try:
+        finished = 0
+        while finished < jobs:
+            try:
+                msg = queue.get(timeout=5)
+            except Exception:  # queue.Empty: check the workers are still alive
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise MqbenchError(f"a build worker died (exit code {dead[0].exitcode}); "
+                                       f"rerun the same command to resume") from None
+                continue
+            if isinstance(msg, int):
+                bar.update(msg)
+            elif msg[0] == "error":
+                raise MqbenchError(f"build worker {msg[1]}/{jobs} failed: {msg[2]}")
+            else:
+                finished += 1
+    finally:
+        bar.close()
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+    path = merge_shards(task, jobs, progress=False)
+    con = _connect(path)
+    try:  # build_seconds (merged) sums the workers; the wall time is what a user waits
+        _set_meta(con, {"build_jobs": jobs,
+                        "build_wall_seconds": round(time.perf_counter() - start, 2)})
+    finally:
+        con.close()
+    for i in range(jobs):  # the merged table holds every row; the shards are spent
+        shard = table_path(task, (i, jobs))
+        shard.unlink(missing_ok=True)
+        Path(str(shard) + ".wal").unlink(missing_ok=True)
     return path
 
 
