@@ -6,7 +6,9 @@ CLI share; `Evaluator.evaluate(cfg)` measures one bit configuration.
 
 from __future__ import annotations
 
+import copy
 import functools
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mqbench import data as D
+from mqbench.errors import MqbenchError
 from mqbench.models import build_model
 from mqbench.quant import QuantizedModel, prepare
 from mqbench.space import BitConfig, Space, build_space
@@ -28,6 +31,26 @@ class Metrics:
     acc: float  # top-1 accuracy in [0, 1]
     loss: float  # mean cross-entropy
     kl: float  # mean KL(full-precision || quantized) of the predictive distributions
+
+
+def eval_device() -> torch.device:
+    """Where configurations are evaluated: $MQBENCH_DEVICE (cpu, cuda, cuda:1, auto).
+
+    Default cpu, so the bundled tables are reproducible anywhere; `auto` picks a GPU when
+    one is visible. Only evaluation moves: training and proxy statistics stay on the CPU.
+    """
+    name = os.environ.get("MQBENCH_DEVICE", "cpu").strip() or "cpu"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise MqbenchError(f"MQBENCH_DEVICE={name!r} is not a torch device; use cpu, cuda, "
+                           f"cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MqbenchError(f"MQBENCH_DEVICE={name!r} but torch sees no CUDA GPU; unset it or "
+                           f"use MQBENCH_DEVICE=cpu")
+    return dev
 
 
 @dataclass
@@ -55,7 +78,8 @@ class Bench:
             q = self.task.quant
             self._prepared[cal_seed] = prepare(
                 self.model, list(self.space.modules), self.calibration(cal_seed),
-                q.weight_bits, q.act_bits, q.weight_clip, q.act_clip, q.fold_bn, cal_seed)
+                q.weight_bits, q.act_bits, q.weight_clip, q.act_clip, q.fold_bn, cal_seed,
+                device=eval_device())
         return self._prepared[cal_seed]
 
     def evaluator(self, cal_seed: int, batch_size: int | None = None) -> "Evaluator":
@@ -94,12 +118,16 @@ class Evaluator:
 
     def __init__(self, bench: Bench, qm: QuantizedModel, batch_size: int):
         self.bench, self.qm, self.batch_size = bench, qm, batch_size
+        self.device = next(qm.model.parameters()).device
         x = bench.eval_split.x
         # Normalised inputs are kept when small (the bundled tasks); big sets convert per batch.
         self._inputs = D.to_input(x, bench.mean, bench.std) if x.numel() < 5e7 else None
         if self._inputs is not None:
-            self._inputs = self._inputs.contiguous(memory_format=qm.memory_format)
-        self.fp_logprobs = torch.cat([F.log_softmax(bench.model(b), -1)
+            self._inputs = self._inputs.to(self.device).contiguous(
+                memory_format=qm.memory_format)
+        fp_model = (bench.model if self.device.type == "cpu" else
+                    copy.deepcopy(bench.model).to(self.device))
+        self.fp_logprobs = torch.cat([F.log_softmax(fp_model(b), -1).cpu()
                                       for b in self._batches()]) if len(x) else None
 
     def _batches(self):
@@ -108,7 +136,7 @@ class Evaluator:
             for i in range(0, len(x), self.batch_size):
                 yield (self._inputs[i:i + self.batch_size] if self._inputs is not None else
                        D.to_input(x[i:i + self.batch_size], self.bench.mean, self.bench.std)
-                       .contiguous(memory_format=self.qm.memory_format))
+                       .to(self.device).contiguous(memory_format=self.qm.memory_format))
 
     @functools.cached_property
     def fp_metrics(self) -> Metrics:
@@ -125,4 +153,5 @@ class Evaluator:
     def evaluate(self, cfg: BitConfig) -> Metrics:
         """Accuracy, cross-entropy and KL to full precision of one configuration."""
         model = self.qm.apply(self.bench.space.layer_bits(self.bench.space.validate(cfg)))
-        return self._metrics(torch.cat([F.log_softmax(model(b), -1) for b in self._batches()]))
+        return self._metrics(torch.cat([F.log_softmax(model(b), -1).cpu()
+                                        for b in self._batches()]))

@@ -189,7 +189,8 @@ class QuantizedModel:
 
 def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
             weight_bits, act_bits, weight_clip: str = "mse", act_clip: str = "mse",
-            fold_bn: bool = True, seed: int = 0, batch_size: int = 256) -> QuantizedModel:
+            fold_bn: bool = True, seed: int = 0, batch_size: int = 256,
+            device: torch.device | str = "cpu") -> QuantizedModel:
     """Fold, calibrate and pre-quantize `model` for the given bit choices (model untouched).
 
     `calibration` is a normalised float input batch; activation value samples are drawn
@@ -202,7 +203,7 @@ def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
     # up to float summation order.
     fmt = torch.channels_last if any(isinstance(m, nn.Conv2d) for m in folded.modules()) \
         else torch.contiguous_format
-    folded = folded.to(memory_format=fmt)
+    folded = folded.to(device, memory_format=fmt)
     qm = QuantizedModel(folded, tuple(layers), memory_format=fmt)
     stats: dict[str, list] = {name: [float("inf"), float("-inf"), []] for name in layers}
     gen = torch.Generator().manual_seed(seed)
@@ -213,13 +214,14 @@ def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
             st = stats[name]
             st[0], st[1] = min(st[0], x.min().item()), max(st[1], x.max().item())
             k = min(x.numel(), ACT_SAMPLE // max(1, len(calibration) // batch_size + 1))
-            st[2].append(x[torch.randint(x.numel(), (k,), generator=gen)])
+            # Indices from a CPU generator: the same sample on every device.
+            st[2].append(x[torch.randint(x.numel(), (k,), generator=gen).to(x.device)].cpu())
         return hook
 
     handles = [folded.get_submodule(n).register_forward_pre_hook(observe(n)) for n in layers]
     with torch.inference_mode():
         for i in range(0, len(calibration), batch_size):
-            folded(calibration[i:i + batch_size].contiguous(memory_format=fmt))
+            folded(calibration[i:i + batch_size].to(device).contiguous(memory_format=fmt))
     for h in handles:
         h.remove()
 

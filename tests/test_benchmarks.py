@@ -77,3 +77,33 @@ def test_ilp_20_units(benchmark):
     benchmark(A.allocate, damage, cost, budget)
     print(f"\nILP, 20 units x 4 bit choices: {1000 * benchmark.stats.stats.mean:.2f} ms "
           f"(target < 20 ms)")
+
+
+@pytest.mark.parametrize("task_name", TASKS)
+def test_table_build_time(benchmark, task_name, tmp_path, monkeypatch):
+    """Wall time of a full bundled-table build, extrapolated from a 1/8-size build.
+
+    The slice is the same task with 1/8 of the sampled and noise-floor configurations (all
+    uniform and per-layer rows kept), built exactly like `mqbench build` (one worker per
+    core). Per-build setup (loading, calibration, worker start) is counted once in the
+    slice but scaled by 8 in the estimate, so the estimate errs on the slow side.
+    """
+    import dataclasses
+
+    from mqbench.table import build_parallel, default_jobs, plan
+
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
+    task = load_task(task_name)
+    small = dataclasses.replace(task, table=dataclasses.replace(
+        task.table, configs=task.table.configs // 8,
+        noise_configs=max(1, task.table.noise_configs // 8)))
+    full_rows = len(plan(open_bench(task, progress=False)))
+    small_rows = len(plan(open_bench(small, progress=False)))
+    jobs = default_jobs()
+    benchmark.pedantic(build_parallel, args=(small, jobs), kwargs={"force": True,
+                                                                   "progress": False},
+                       rounds=1, iterations=1)
+    est = benchmark.stats.stats.min * full_rows / small_rows
+    benchmark.extra_info.update(rows=full_rows, slice_rows=small_rows, estimate_s=est, jobs=jobs)
+    print(f"\n{task_name}: {small_rows} rows in {benchmark.stats.stats.min:.1f} s with {jobs} "
+          f"jobs -> full table ({full_rows} rows) ~{est / 60:.1f} min (target < 10 min)")

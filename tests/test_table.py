@@ -193,3 +193,29 @@ def test_parallel_build_matches_sequential(tiny_env):
     # One thread per worker can change float summation order, nothing more.
     np.testing.assert_allclose(rows[["acc", "loss", "kl"]], seq[["acc", "loss", "kl"]],
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("value,match", [("tpu9", "not a torch device"),
+                                         ("cuda", "no CUDA GPU")])
+def test_bad_device_is_one_line_error(tiny_env, monkeypatch, value, match):
+    import torch
+
+    if value == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    monkeypatch.setenv("MQBENCH_DEVICE", value)
+    with pytest.raises(MqbenchError, match=match):
+        build_table(load_task("tiny"), progress=False)
+
+
+@pytest.mark.gpu
+def test_gpu_table_matches_cpu(tiny_env, monkeypatch):
+    """The same table evaluated on a GPU: same rows, metrics equal up to float noise."""
+    build_table(load_task("tiny"), progress=False)
+    cpu = load_table(load_task("tiny")).rows.sort_values(["kind", "cal_seed", "key"])
+    table_path(load_task("tiny")).unlink()
+    monkeypatch.setenv("MQBENCH_DEVICE", "cuda")
+    build_table(load_task("tiny"), progress=False)
+    gpu = load_table(load_task("tiny")).rows.sort_values(["kind", "cal_seed", "key"])
+    assert list(gpu.key) == list(cpu.key)
+    np.testing.assert_allclose(gpu[["acc"]], cpu[["acc"]], atol=2e-2)
+    np.testing.assert_allclose(gpu[["loss"]], cpu[["loss"]], rtol=2e-2, atol=1e-3)
