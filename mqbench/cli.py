@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "noise-floor repeats; store them with provenance in DuckDB under "
                        "$MQBENCH_CACHE (default ~/.cache/mqbench). Interrupted builds resume "
                        "where they stopped. Evaluation runs on $MQBENCH_DEVICE (cpu by default; "
-                       "cuda or auto for a GPU, then use --jobs 1).")
+                       "cuda or auto for a GPU).")
     p.add_argument("task", nargs="?", default=None,
                    help="task name or path to a task .toml (default: the bundled task)")
     p.add_argument("--shard", type=_shard, metavar="I/N",

@@ -269,7 +269,11 @@ def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = 
 
 
 def default_jobs() -> int:
-    """Worker processes for a CPU build: one per core (see `build_parallel`)."""
+    """Worker processes for a build: one per core on a CPU (see `build_parallel`), one on a GPU."""
+    from mqbench.bench import eval_device
+
+    if eval_device().type != "cpu":
+        return 1
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                else os.cpu_count() or 1)
 
