@@ -17,12 +17,13 @@ from mqbench.tasks import list_tasks, load_task, parse_task
 TASK_FILES = sorted((Path(__file__).parent.parent / "tasks").glob("*.toml"))
 # Units per shipped task, counted by hand from the architectures (tied convs join a unit):
 # resnet18 = stem + 16 block convs + fc; resnet50 = stem + 48 bottleneck convs + fc;
-# mobilenet_v2 = 52 convs + classifier; ViT-S/DeiT-S = patch embed + 12 x 4 linears + head.
+# mobilenet_v2 = 52 convs + classifier; ViT-S/DeiT-S = patch embed + 12 x 4 linears + head;
+# Swin-T = patch embed + 12 x 4 linears + 3 patch-merging reductions + head.
 EXPECTED_UNITS = {
     "cifar10-resnet20": 20, "digits-resnet8": 8, "digits-vit": 10, "fmnist-resnet8": 8,
     "fmnist-vit": 18, "imagenet-deit": 50, "imagenet-hf-resnet18": 18,
     "imagenet-mobilenetv2": 53, "imagenet-resnet18": 18, "imagenet-resnet50": 50,
-    "imagenet-vit": 50,
+    "imagenet-swin": 53, "imagenet-vit": 50,
 }
 NATIVE = {"digits": (1, 8), "fashion-mnist": (1, 28), "cifar10": (3, 32)}
 
