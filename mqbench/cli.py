@@ -156,7 +156,20 @@ def cmd_eval(args) -> None:
         rec = evaluate_proxy(p, task, opts)
         print_result(rec)
         if not args.no_record:
-            print(f"  recorded in {save_record(rec)}")
+            print_saved(save_record(rec, force=args.replace))
+
+
+def print_saved(saved) -> None:
+    if saved.db_note:
+        print(f"  leaderboard database {saved.db_note} (rebuilt from the record files)")
+    if saved.status == "unchanged":
+        print(f"  unchanged: {saved.path} already holds a run of this proxy, task and package "
+              f"version; kept it (--replace overwrites)")
+    elif saved.status == "replaced":
+        why = ", ".join(saved.changed) or "--replace"
+        print(f"  replaced {saved.path} ({why} changed)")
+    else:
+        print(f"  recorded in {saved.path} (new)")
 
 
 def cmd_proxies(args) -> None:
@@ -224,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per proxy call")
     p.add_argument("--mem-mb", type=int, default=4096, help="memory allowed to the proxy (MiB)")
     p.add_argument("--no-record", action="store_true", help="do not write to the leaderboard")
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite the stored record even if proxy, task and package versions "
+                   "are unchanged (by default such a re-run keeps the stored record)")
     p.add_argument("--data-dir", help="dataset folder (also $MQBENCH_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)

@@ -161,6 +161,10 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> d
         "table_checksum": table.meta["rows_checksum"], "seed": task.seed,
         "package_version": mqbench.__version__, "git_commit": _git_commit(),
         "torch_version": __import__("torch").__version__,
+        # provenance of the ground-truth table the proxy was scored against
+        "table_provenance": {k: table.meta.get(k) for k in (
+            "package_version", "git_commit", "torch_version", "weights_checksum", "rows",
+            "eval_samples", "schema_version")},
         "n_configs": len(keys), "bootstrap": opts.bootstrap,
         "metrics": {k: (None if not np.isfinite(v) else round(float(v), 6))
                     for k, v in metrics.items()},

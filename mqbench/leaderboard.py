@@ -1,36 +1,51 @@
 """The leaderboard: one JSON record file per (task, proxy), and a DuckDB index built from them.
 
 Records live in `leaderboard/records/<task>/<proxy>.json` (small, reviewable in a pull
-request); `leaderboard/mqbench.duckdb` is derived from them and never committed. Writers
-take an exclusive file lock, because DuckDB allows one writing process at a time, and write
-records atomically (temp file + rename), so a killed run leaves the previous state intact.
+request; the source of truth); `leaderboard/mqbench.duckdb` is derived from them by
+mqbench.leaderboard_db (schema in `leaderboard/SCHEMA.md`) and never committed.
+
+Replace rule: a new result replaces the stored record only when one of IDENTITY changed
+(proxy version or source, task version, package version, ground-truth table, record
+schema). Otherwise the run is "unchanged": records contain timings, so a re-run is never
+byte-identical; we keep the stored record and leave file and database untouched.
+
+Concurrency and crashes: every writer (and `query`) holds an exclusive flock on
+`leaderboard/.lock`, because DuckDB allows one writing process at a time. A record is
+written to a temp file first; then, inside one database transaction, the run is indexed,
+the temp file is renamed over the record (the commit point), and the transaction commits.
+A writer killed before the rename leaves records and database as before (the uncommitted
+transaction is discarded); one killed after it leaves the new record with a lagging
+database, which the next writer's `sync` (or `mqbench leaderboard rebuild`) catches up.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
-
+from mqbench import leaderboard_db as D
 from mqbench.errors import MqbenchError
 from mqbench.tasks import REPO_ROOT
 
-DB_SCHEMA = 1
-_DDL = """
-CREATE TABLE IF NOT EXISTS info (key VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE IF NOT EXISTS runs (
-    task VARCHAR NOT NULL, proxy VARCHAR NOT NULL, proxy_version INTEGER, task_version INTEGER,
-    package_version VARCHAR, git_commit VARCHAR, proxy_sha256 VARCHAR, table_checksum VARCHAR,
-    spearman DOUBLE, kendall DOUBLE, spearman_top20 DOUBLE, spearman_top50 DOUBLE,
-    spearman_top100 DOUBLE, layer_spearman DOUBLE, fitness DOUBLE, per_config_ms DOUBLE,
-    record JSON NOT NULL, PRIMARY KEY (task, proxy));
-"""
-_METRICS = ["spearman", "kendall", "spearman_top20", "spearman_top50", "spearman_top100",
-            "layer_spearman", "fitness"]
+IDENTITY = ("proxy_version", "proxy_sha256", "task_version", "package_version",
+            "table_checksum", "schema_version")
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What save_record did: status is "new", "replaced" or "unchanged"."""
+
+    path: Path
+    status: str
+    changed: tuple[str, ...] = ()  # the identity fields that differed (for "replaced")
+    db_note: str = ""  # "created" / "migrated from schema N" when the database was rebuilt
 
 
 def leaderboard_dir() -> Path:
@@ -41,6 +56,14 @@ def record_path(task: str, proxy: str) -> Path:
     return leaderboard_dir() / "records" / task / f"{proxy}.json"
 
 
+def _pause(point: str) -> None:
+    """Test hook: MQBENCH_TEST_PAUSE=point:seconds sleeps there (to kill a writer mid-write)."""
+    want, _, seconds = os.environ.get("MQBENCH_TEST_PAUSE", "").partition(":")
+    if want == point:
+        print(f"paused at {point}", flush=True)
+        time.sleep(float(seconds or 30))
+
+
 @contextmanager
 def _locked():
     folder = leaderboard_dir()
@@ -48,50 +71,59 @@ def _locked():
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a concurrent writer to finish
         try:
+            # temp files of a writer that died (we hold the lock, so none is live)
+            for stale in (folder / "records").glob("*/*.json.tmp*"):
+                stale.unlink(missing_ok=True)
             yield folder
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _connect(path: Path):
-    try:
-        con = duckdb.connect(str(path))
-        con.execute(_DDL)
-    except duckdb.Error as exc:
-        raise MqbenchError(f"leaderboard database {path} is unreadable ({exc}); rebuild it from "
-                           f"the records with `mqbench leaderboard rebuild`") from None
-    version = con.execute("SELECT value FROM info WHERE key = 'schema_version'").fetchone()
-    if version is None:
-        con.execute("INSERT INTO info VALUES ('schema_version', ?)", [str(DB_SCHEMA)])
-    elif int(version[0]) != DB_SCHEMA:
-        con.close()
-        raise MqbenchError(f"leaderboard database {path} has schema version {version[0]}, this "
-                           f"mqbench uses {DB_SCHEMA}; rebuild it with `mqbench leaderboard "
-                           f"rebuild`")
-    return con
+def identity_changes(old: dict, new: dict) -> tuple[str, ...]:
+    return tuple(k for k in IDENTITY if old.get(k) != new.get(k))
 
 
-def _upsert(con, rec: dict) -> None:
-    m = rec["metrics"]
-    con.execute("INSERT OR REPLACE INTO runs VALUES (" + ", ".join("?" * 17) + ")", [
-        rec["task"], rec["proxy"], rec["proxy_version"], rec["task_version"],
-        rec["package_version"], rec["git_commit"], rec["proxy_sha256"], rec["table_checksum"],
-        *[m.get(k) for k in _METRICS], rec["timing"]["per_config_ms"],
-        json.dumps(rec, sort_keys=True)])
+def _fsync_write(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def save_record(rec: dict) -> Path:
-    """Write the record file and index it; returns the record's path."""
-    path = record_path(rec["task"], rec["proxy"])
+def save_record(rec: dict, force: bool = False) -> Saved:
+    """Store `rec` under the replace rule (force=True always replaces); see the module doc."""
+    for key in ("task", "proxy", "metrics"):
+        if key not in rec:
+            raise MqbenchError(f"not an mqbench result record (no {key!r} field)")
     with _locked() as folder:
+        path = record_path(rec["task"], rec["proxy"])
+        old, existed = None, path.exists()
+        if existed:
+            try:
+                old = D.read_record(path)[0]
+            except MqbenchError:
+                old = None  # a damaged record file is replaced by the fresh result
+        changed = identity_changes(old, rec) if old is not None else ()
+        if old is not None and not changed and not force:
+            note = _index_if_stale(folder)
+            return Saved(path, "unchanged", db_note=note)
+        rec = {**rec, "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        text = json.dumps(rec, indent=1, sort_keys=True) + "\n"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
-        con = _connect(folder / "mqbench.duckdb")
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        _fsync_write(tmp, text)
+        con, note = D.open_db(folder)
         try:
+            # catch up with records changed by git or by a writer killed after its rename
+            D.sync(con, folder, skip={(rec["task"], rec["proxy"])})
             con.begin()
-            _upsert(con, rec)
-            os.replace(tmp, path)
+            D.delete_run(con, rec["task"], rec["proxy"])
+            D.insert_run(con, rec, hashlib.sha256(text.encode()).hexdigest())
+            D.refresh_derived(con)
+            _pause("in_transaction")
+            os.replace(tmp, path)  # the commit point: the record is the source of truth
+            _fsync_dir(path.parent)
+            _pause("after_rename")
             con.commit()
         except BaseException:
             con.rollback()
@@ -99,28 +131,56 @@ def save_record(rec: dict) -> Path:
             raise
         finally:
             con.close()
-    return path
+    return Saved(path, "replaced" if existed else "new", changed, note)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _index_if_stale(folder: Path) -> str:
+    """Bring the database up to date without writing to it when it already is."""
+    path = folder / "mqbench.duckdb"
+    if path.exists():
+        con = D._connect(path, read_only=True)
+        try:
+            fine = D._schema_of(con) == D.SCHEMA_VERSION and not D.out_of_sync(con, folder)
+        except Exception:  # noqa: BLE001 - any problem: fall through to open_db's checks
+            fine = False
+        finally:
+            con.close()
+        if fine:
+            return ""
+    con, note = D.open_db(folder)
+    try:
+        D.sync(con, folder)
+    finally:
+        con.close()
+    return note
 
 
 def rebuild_db() -> Path:
     """Recreate the DuckDB index from the record files (the records are the source of truth)."""
     with _locked() as folder:
-        path = folder / "mqbench.duckdb"
-        tmp = folder / f"mqbench.rebuild{os.getpid()}.duckdb"
-        tmp.unlink(missing_ok=True)
-        con = _connect(tmp)
+        return D.rebuild(folder)
+
+
+def query(sql: str, params: list | None = None) -> list[tuple]:
+    """Run a read query on the up-to-date database (created/migrated/synced first).
+
+    Use this rather than opening the file directly: it waits for a concurrent writer.
+    """
+    with _locked() as folder:
+        con, _ = D.open_db(folder)
         try:
-            for rec_path in sorted((folder / "records").glob("*/*.json")):
-                try:
-                    rec = json.loads(rec_path.read_text())
-                except json.JSONDecodeError as exc:
-                    raise MqbenchError(f"record {rec_path} is not valid JSON ({exc})") from None
-                _upsert(con, rec)
+            D.sync(con, folder)
+            return con.execute(sql, params or []).fetchall()
         finally:
             con.close()
-        os.replace(tmp, path)
-        Path(str(path) + ".wal").unlink(missing_ok=True)
-    return path
 
 
 def ranking(task: str) -> list[dict]:

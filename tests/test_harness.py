@@ -137,7 +137,8 @@ def test_leaderboard_rebuild_and_table(lb, tmp_path, capsys):
                  "--bootstrap", "0"]) == 0
     db = rebuild_db()
     con = duckdb.connect(str(db), read_only=True)
-    row = con.execute("SELECT proxy, task, spearman FROM runs").fetchall()
+    row = con.execute("SELECT proxy, task, value FROM runs JOIN metrics USING (run_id) "
+                      "WHERE metric = 'spearman'").fetchall()
     con.close()
     rec = json.loads((lb / "records" / "tiny" / "good.json").read_text())
     assert row == [("good", "tiny", rec["metrics"]["spearman"])]
