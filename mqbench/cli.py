@@ -172,6 +172,22 @@ def print_saved(saved) -> None:
         print(f"  recorded in {saved.path} (new)")
 
 
+def cmd_submit_check(args) -> int:
+    from mqbench.submit import DEFAULT_TASKS, SubmitOptions, check_submission
+
+    opts = SubmitOptions(tasks=tuple(args.task or DEFAULT_TASKS), timeout=args.timeout,
+                         mem_mb=args.mem_mb, bootstrap=args.bootstrap,
+                         record=not args.no_record, progress=not args.quiet)
+    print(f"submit-check {args.proxy} on {', '.join(opts.tasks)}")
+    ok, _ = check_submission(args.proxy, opts, report=lambda c: print(
+        f"  {'PASS' if c.ok else 'FAIL'}  {c.name:11s} {c.detail}", flush=True))
+    if ok:
+        print("passed: add the proxy file and the record files above to your pull request")
+        return 0
+    print("failed: fix the FAIL above and run again; nothing was recorded")
+    return 1
+
+
 def cmd_proxies(args) -> None:
     from mqbench.proxy import list_proxies
 
@@ -256,6 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_measure)
 
+    p = sub.add_parser("submit-check", help="validate a new proxy file before a pull request",
+                       description="Check a proxy file as CI does: contract (one @proxy, "
+                       "name not taken by another file), conformance suite, isolated run "
+                       "(no network, no writes outside a scratch directory, time and memory "
+                       "limits) and scoring on each task; writes its record files only if "
+                       "everything passed. Exit code 0 = passed, 1 = a check failed, 2 = bad "
+                       "input.")
+    p.add_argument("proxy", help="the proxy file, e.g. proxies/my_proxy.py")
+    p.add_argument("--task", action="append",
+                   help="task name or .toml path; repeat for several (default: fmnist-resnet8 "
+                   "and fmnist-vit)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per proxy call")
+    p.add_argument("--mem-mb", type=int, default=4096, help="memory allowed to the proxy (MiB)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    p.add_argument("--no-record", action="store_true", help="check only; write no records")
+    p.add_argument("--data-dir", help="dataset folder (also $MQBENCH_DATA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_submit_check)
+
     p = sub.add_parser("proxies", help="list the registered proxies",
                        description="List the proxies found in proxies/ and $MQBENCH_PROXIES.")
     p.set_defaults(func=cmd_proxies)
@@ -280,14 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "data_dir", None):
         os.environ["MQBENCH_DATA"] = args.data_dir
     try:
-        args.func(args)
+        code = args.func(args)
     except MqbenchError as exc:
         print(f"mqbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mqbench: interrupted; `mqbench build` resumes where it stopped", file=sys.stderr)
         return 130
-    return 0
+    return code or 0  # a command may return 1: checks ran and failed
 
 
 if __name__ == "__main__":
