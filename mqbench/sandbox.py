@@ -101,8 +101,8 @@ def _landlock(libc, scratch: str) -> int:
     if rfd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
-        for path, rights in ((scratch, fs), ("/dev/null", _FS_WRITE_FILE |
-                                             (_FS_TRUNCATE if abi >= 3 else 0))):
+        null_rights = _FS_WRITE_FILE | (_FS_TRUNCATE if abi >= 3 else 0)
+        for path, rights in ((scratch, fs), ("/dev/null", null_rights)):
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
                 rule = _PathBeneath(rights, fd)
@@ -204,16 +204,16 @@ def _child(conn, fn, args, mem_bytes: int, cpu_seconds: int, setup, scratch) -> 
         result = ("ok", fn(*args))
     except MemoryError:
         result = ("memory", "")
-    except BaseException as exc:  # report anything the untrusted code raised
+    except BaseException as exc:  # noqa: BLE001 - report anything the untrusted code raised
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" (line {tb[-1].lineno})" if tb else ""
-        result = ("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                  f"{where}")
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        result = ("error", f"{type(exc).__name__}: {first}{where}")
     if violations:  # refused even if the code swallowed the PermissionError
         result = ("violation", violations[0])
     try:
         conn.send_bytes(pickle.dumps(result))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
         conn.send_bytes(pickle.dumps(("error", f"result could not be returned: {exc}")))
     conn.close()
     os._exit(0)

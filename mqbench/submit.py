@@ -113,7 +113,7 @@ def check_submission(path: str | Path, opts: SubmitOptions = SubmitOptions(),
         report(checks[-1])
         return ok
 
-    limits = dict(timeout=opts.timeout, mem_mb=opts.mem_mb)
+    limits = {"timeout": opts.timeout, "mem_mb": opts.mem_mb}
     try:
         meta = run_limited(_inspect, (str(path),), name=path.stem, **limits)
     except MqbenchError as exc:

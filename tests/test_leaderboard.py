@@ -176,7 +176,7 @@ def _kill_at(point, rec):
 
 def test_writer_killed_inside_transaction_changes_nothing(lb):
     L.save_record(make_record("p1"))
-    path, db = L.record_path("t1", "p1"), lb / "mqbench.duckdb"
+    path = L.record_path("t1", "p1")
     before = (digest(path), db_state(lb))
     _kill_at("in_transaction", make_record("p1", proxy_version=2, spearman=0.9))
     _kill_at("in_transaction", make_record("p2"))

@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import write_task
+
 from mqbench.cli import main
 from mqbench.errors import MqbenchError
 from mqbench.submit import SubmitOptions, check_submission
@@ -100,11 +100,11 @@ def _hostile(evil: Path, port: int) -> dict[str, tuple[str, str]]:
     return {
         "loop": ("while True:\n        pass", "time limit"),
         "bomb": ("x = bytearray(4 << 30)\n    return [1.0] * len(stats.modules)", "memory"),
-        "writer": (f"open({str(evil)!r}, 'w').write('x')\n    "
-                   "return [1.0] * len(stats.modules)", "writing"),
-        "sneaky": (f"import socket\n    try:\n        socket.create_connection(('127.0.0.1', "
-                   f"{port}), timeout=1)\n    except OSError:\n        pass\n    "
-                   "return [1.0] * len(stats.modules)", "network access"),
+        "writer": ((f"open({str(evil)!r}, 'w').write('x')\n    "
+                    "return [1.0] * len(stats.modules)"), "writing"),
+        "sneaky": ((f"import socket\n    try:\n        socket.create_connection(('127.0.0.1', "
+                    f"{port}), timeout=1)\n    except OSError:\n        pass\n    "
+                    "return [1.0] * len(stats.modules)"), "network access"),
         "nan": ("return [float('nan')] * len(stats.modules)", "NaN"),
         "shape": ("return [1.0, 2.0]", "shape"),
         "at_import": None,  # filled below: hostile code at module level
