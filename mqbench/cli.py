@@ -178,6 +178,10 @@ def cmd_submit_check(args) -> int:
     opts = SubmitOptions(tasks=tuple(args.task or DEFAULT_TASKS), timeout=args.timeout,
                          mem_mb=args.mem_mb, bootstrap=args.bootstrap,
                          record=not args.no_record, progress=not args.quiet)
+    from mqbench.tasks import load_task
+
+    for task in opts.tasks:
+        load_task(task)  # a misspelt task fails before the summary starts
     print(f"submit-check {args.proxy} on {', '.join(opts.tasks)}")
     ok, _ = check_submission(args.proxy, opts, report=lambda c: print(
         f"  {'PASS' if c.ok else 'FAIL'}  {c.name:11s} {c.detail}", flush=True))

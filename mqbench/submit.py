@@ -123,7 +123,7 @@ def check_submission(path: str | Path, opts: SubmitOptions = SubmitOptions(),
         f"paper {meta['paper'] or '(none given)'!r}, sha256 {meta['sha256'][:12]}")
     clash = name_clash(path, meta["name"])
     if not add("name", not clash, f"{meta['name']!r} is already registered by {clash}; rename "
-               f"your proxy" if clash else f"{meta['name']!r} is free"):
+               f"your proxy" if clash else f"{meta['name']!r} is not taken by another proxy file"):
         return False, checks
     add("isolation", True, f"{', '.join(layers())}; {opts.timeout:g} s and {opts.mem_mb} MiB "
         f"per call")
