@@ -33,7 +33,8 @@ def cmd_tasks(args) -> None:
 
 
 def cmd_build(args) -> None:
-    from mqbench.table import build_parallel, build_table, default_jobs, load_table, merge_shards
+    from mqbench.shards import build_parallel, default_jobs, merge_shards
+    from mqbench.table import build_table, load_table
     from mqbench.tasks import load_task
 
     task = load_task(args.task)

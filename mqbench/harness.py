@@ -25,8 +25,8 @@ from mqbench.proxy import Proxy, damage_matrix
 from mqbench.sandbox import run_limited
 from mqbench.space import BitConfig
 from mqbench.stats import Stats
-from mqbench.table import (_git_commit, build_parallel, build_table, default_jobs, import_shipped,
-                           load_table, table_path)
+from mqbench.shards import build_parallel, default_jobs
+from mqbench.table import _git_commit, build_table, import_shipped, load_table, table_path
 from mqbench.tasks import Task
 
 RECORD_SCHEMA = 1

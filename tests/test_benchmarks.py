@@ -90,7 +90,8 @@ def test_table_build_time(benchmark, task_name, tmp_path, monkeypatch):
     """
     import dataclasses
 
-    from mqbench.table import build_parallel, default_jobs, plan
+    from mqbench.shards import build_parallel, default_jobs
+    from mqbench.table import plan
 
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
     task = load_task(task_name)

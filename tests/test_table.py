@@ -82,10 +82,10 @@ def test_shards_merge_to_the_full_table(tiny_env):
     table_path(task).unlink()
     build_table(task, shard=(0, 2), progress=False)
     with pytest.raises(MqbenchError, match="missing"):
-        from mqbench.table import merge_shards
+        from mqbench.shards import merge_shards
         merge_shards(task, 2, progress=False)
     build_table(task, shard=(1, 2), progress=False)
-    from mqbench.table import merge_shards
+    from mqbench.shards import merge_shards
     merge_shards(task, 2, progress=False)
     assert load_table(task).meta["rows_checksum"] == full
 
@@ -178,7 +178,7 @@ def test_cli_measure_and_bad_configs(tiny_env, capsys):
 
 
 def test_parallel_build_matches_sequential(tiny_env):
-    from mqbench.table import build_parallel
+    from mqbench.shards import build_parallel
 
     task = load_task("tiny")
     build_table(task, progress=False)
