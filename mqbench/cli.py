@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from mqbench.errors import MqbenchError
+from mqbench.errors import MqbenchError, did_you_mean
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -202,13 +202,28 @@ def cmd_proxies(args) -> None:
 
 def cmd_leaderboard(args) -> None:
     from mqbench import leaderboard as L
-    from mqbench.tasks import DEFAULT_TASK
+    from mqbench.tasks import DEFAULT_TASK, REPO_ROOT
 
     if args.action == "rebuild":
         print(f"rebuilt {L.rebuild_db()} from {L.leaderboard_dir() / 'records'}")
+    elif args.action == "regenerate":
+        from mqbench.publish import regenerate
+
+        paths = regenerate(readme=None if args.no_readme else REPO_ROOT / "README.md")
+        print(f"regenerated {len(paths)} files: tables in {L.leaderboard_dir() / 'tables'}, "
+              f"page and plots in {L.leaderboard_dir() / 'site'}"
+              + ("" if args.no_readme else ", README.md leaderboard section"))
     else:
+        from mqbench.report import record_tasks, render
+
+        known = record_tasks()
         for task in args.task or [DEFAULT_TASK]:
-            print(f"### {task}\n\n{L.markdown_table(task)}\n")
+            if task not in known:
+                raise MqbenchError(f"no leaderboard records for task {task!r}"
+                                   f"{did_you_mean(task, known)}; run `mqbench eval --task "
+                                   f"{task}` first")
+            for kind in args.kind or ["correlation", "downstream"]:
+                print(render(task, kind, args.format))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,11 +315,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the proxies found in proxies/ and $MQBENCH_PROXIES.")
     p.set_defaults(func=cmd_proxies)
 
-    p = sub.add_parser("leaderboard", help="rebuild the leaderboard database or print tables",
+    p = sub.add_parser("leaderboard", help="rebuild the database, print or regenerate tables",
                        description="`rebuild`: recreate leaderboard/mqbench.duckdb from the "
-                       "record files. `table`: print the Markdown comparison table per task.")
-    p.add_argument("action", choices=["rebuild", "table"])
-    p.add_argument("--task", action="append", help="task name(s) for `table`")
+                       "record files. `table`: print comparison tables (EMQ-style correlation, "
+                       "TAP-style downstream) as Markdown, CSV or LaTeX. `regenerate`: rebuild "
+                       "the database and write every published artifact: leaderboard/tables/, "
+                       "the plots and static page in leaderboard/site/, and README.md's "
+                       "leaderboard section.")
+    p.add_argument("action", choices=["rebuild", "table", "regenerate"])
+    p.add_argument("--task", action="append", help="task name(s) for `table` (repeatable)")
+    p.add_argument("--kind", action="append", choices=["correlation", "downstream"],
+                   help="which table(s) for `table` (default both)")
+    p.add_argument("--format", default="md", choices=["md", "csv", "tex"],
+                   help="output format for `table` (default md)")
+    p.add_argument("--no-readme", action="store_true",
+                   help="`regenerate`: leave README.md alone")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("show", help="summarise a task's table and its provenance",

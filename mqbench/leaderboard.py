@@ -181,34 +181,3 @@ def query(sql: str, params: list | None = None) -> list[tuple]:
             return con.execute(sql, params or []).fetchall()
         finally:
             con.close()
-
-
-def ranking(task: str) -> list[dict]:
-    """The task's records, best Spearman@top20% first (NaN last)."""
-    folder = leaderboard_dir() / "records" / task
-    recs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    def key(r):
-        v = r["metrics"].get("spearman_top20")
-        return (v is None, -(v or 0.0), r["proxy"])
-    return sorted(recs, key=key)
-
-
-def markdown_table(task: str) -> str:
-    """A Markdown comparison table (EMQ-style correlations + TAP-style downstream accuracy)."""
-    rows = ranking(task)
-    if not rows:
-        raise MqbenchError(f"no records for task {task!r}; run `mqbench eval --task {task}`")
-    head = ("| proxy | ρs@20% | ρs@50% | ρs@100% | Kendall τ | ρ_sens | acc @3 bits | "
-            "acc @4 bits | fitness φ | ms/config |\n|" + "---|" * 10)
-    def f(v):
-        return "—" if v is None else f"{v:+.3f}"
-    lines = [head]
-    for r in rows:
-        m = r["metrics"]
-        acc = {d["budget_avg_bits"]: d["acc"] for d in r["downstream"] if d["metric"] == "size"}
-        lines.append(f"| {r['proxy']} | {f(m.get('spearman_top20'))} | "
-                     f"{f(m.get('spearman_top50'))} | {f(m.get('spearman_top100'))} | "
-                     f"{f(m.get('kendall'))} | {f(m.get('layer_spearman'))} | "
-                     f"{acc.get(3.0, float('nan')):.4f} | {acc.get(4.0, float('nan')):.4f} | "
-                     f"{f(m.get('fitness'))} | {r['timing']['per_config_ms']:.3f} |")
-    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""Comparison tables, plots, the static page and the generated README section."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mqbench import publish
+from mqbench import report as R
+from mqbench.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+RECORDS = REPO / "leaderboard" / "records"
+SUBSET = ["fisher", "hawqv2", "random", "tap", "weight_norm"]
+
+
+def _copy_records(dest: Path, proxies: list[str] | None = None) -> None:
+    for task_dir in sorted(RECORDS.iterdir()):
+        for f in sorted(task_dir.glob("*.json")):
+            if proxies is None or f.stem in proxies:
+                (dest / "records" / task_dir.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, dest / "records" / task_dir.name / f.name)
+
+
+@pytest.fixture
+def board(tmp_path, monkeypatch):
+    """A private leaderboard holding copies of a few committed records, and a README."""
+    lb = tmp_path / "leaderboard"
+    _copy_records(lb, SUBSET)
+    monkeypatch.setenv("MQBENCH_LEADERBOARD", str(lb))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n\n{publish.START}\nstale\n{publish.END}\n\nafter\n")
+    return lb, readme
+
+
+def _records(task: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((RECORDS / task).glob("*.json"))]
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix in {".md", ".csv", ".tex", ".html", ".png"}}
+
+
+def test_regenerate_is_byte_identical(board):
+    lb, readme = board
+    publish.regenerate(readme=readme)
+    first = {**_snapshot(lb), "README": readme.read_bytes()}
+    assert any(k.endswith(".png") for k in first) and any(k.endswith(".tex") for k in first)
+    shutil.rmtree(lb / "tables")
+    shutil.rmtree(lb / "site")
+    (lb / "mqbench.duckdb").unlink()
+    publish.regenerate(readme=readme)
+    assert {**_snapshot(lb), "README": readme.read_bytes()} == first
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n") and text.endswith("\nafter\n")
+    assert "stale" not in text and text.count(publish.START) == 1
+
+
+def test_correlation_table_matches_records():
+    recs = _records("fmnist-resnet8")
+    rep = R.correlation_report("fmnist-resnet8", recs)
+    want = sorted(recs, key=lambda r: (-r["metrics"]["spearman_top100"], r["proxy"]))
+    assert [row["proxy"] for row in rep.rows] == [r["proxy"] for r in want]
+    md = R.to_markdown(rep)
+    best = max(want, key=lambda r: r["metrics"]["spearman_top100"])
+    line = next(line for line in md.splitlines() if line.startswith(f"| {best['proxy']} |"))
+    m = best["metrics"]
+    assert (f"**{m['spearman_top100']:.3f}** [{m['spearman_top100_lo']:.3f}, "
+            f"{m['spearman_top100_hi']:.3f}]") in line
+    # bold marks exactly the best value of each column (lower is better for ms/config)
+    best_cells = R._best(rep)
+    for c in R.CORRELATION:
+        vals = [round(row[c.key], c.digits) for row in rep.rows]
+        finite = [v for v in vals if v == v]  # NaN (undefined for the proxy kind) never wins
+        top = max(finite) if c.higher_better else min(finite)
+        assert {i for i, v in enumerate(vals) if v == top} == \
+            {i for i, key in best_cells if key == c.key}, c.key
+    # CSV: the same numbers, machine-readable
+    df = pd.read_csv(io.StringIO(R.to_csv(rep)))
+    by = {r["proxy"]: r for r in recs}
+    for _, row in df.iterrows():
+        mm = by[row.proxy]["metrics"]
+        assert row.spearman_top20 == pytest.approx(mm["spearman_top20"], abs=1e-6)
+        assert row.kendall_lo == pytest.approx(mm["kendall_lo"], abs=1e-6)
+        assert row.per_config_ms == pytest.approx(by[row.proxy]["timing"]["per_config_ms"])
+    # LaTeX: balanced braces, a bold cell, escaped names
+    tex = R.to_latex(rep)
+    assert tex.count("{") == tex.count("}") and r"\textbf{" in tex
+    assert r"weight\_norm" in tex and "weight_norm" not in tex.replace(r"weight\_norm", "")
+
+
+def test_downstream_table_ranks_within_budget_and_bolds_best():
+    recs = _records("fmnist-vit")
+    rep = R.downstream_report("fmnist-vit", recs)
+    assert len(rep.rows) == sum(len(r["downstream"]) for r in recs)
+    budgets = [row["budget"] for row in rep.rows]
+    for b in set(budgets):
+        accs = [row["acc"] for row in rep.rows if row["budget"] == b]
+        assert accs == sorted(accs, reverse=True)  # ranked inside each budget
+    best = R._best(rep)
+    for b in set(budgets):
+        idx = [i for i, row in enumerate(rep.rows) if row["budget"] == b]
+        top = max(rep.rows[i]["acc"] for i in idx)
+        bold = {i for i in idx if (i, "acc") in best}
+        assert bold == {i for i in idx if round(rep.rows[i]["acc"], 4) == round(top, 4)}
+        assert not any((i, "size_kb") in best for i in idx)  # descriptive columns never bold
+
+
+def test_committed_readme_section_is_current(tmp_path, monkeypatch):
+    """The README's leaderboard section is what `regenerate` writes from the records now."""
+    lb = tmp_path / "lb"
+    _copy_records(lb)
+    monkeypatch.setenv("MQBENCH_LEADERBOARD", str(lb))
+    tasks = R.record_tasks()
+    section = publish.readme_section(tasks, {t: R.load_records(t) for t in tasks})
+    text = (REPO / "README.md").read_text()
+    committed = text[text.index(publish.START):text.index(publish.END) + len(publish.END)]
+    assert committed == section, "README is stale: run `mqbench leaderboard regenerate`"
+    for task in tasks:  # and the committed tables next to it
+        for kind in R.KINDS:
+            for fmt in R.RENDERERS:
+                path = REPO / "leaderboard" / "tables" / f"{task}_{kind}.{fmt}"
+                assert path.read_text() == R.render(task, kind, fmt), path.name
+
+
+def test_readme_without_markers_is_refused(board):
+    lb, readme = board
+    readme.write_text("# no markers\n")
+    with pytest.raises(Exception, match="leaderboard:start"):
+        publish.regenerate(readme=readme, plots=False)
+    assert readme.read_text() == "# no markers\n"
+
+
+def test_table_cli_formats_and_errors(board, capsys):
+    assert main(["leaderboard", "table", "--task", "fmnist-vit", "--kind", "correlation",
+                 "--format", "csv"]) in (0, None)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("proxy,version,spearman_top20")
+    assert len(out.strip().splitlines()) == 1 + len(SUBSET)
+    assert main(["leaderboard", "table", "--task", "fmnist-vt"]) == 2
+    assert "did you mean 'fmnist-vit'" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") \
+    or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (.ci/run installs Debian's)")
+def test_html_page_renders_rows_in_headless_chromium(board, tmp_path):
+    lb, readme = board
+    publish.regenerate(readme=readme, plots=False)
+    page = lb / "site" / "index.html"
+    html = page.read_text()
+    assert "<tr class=\"row\">" not in html  # rows exist only once the script has run
+    out = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-default-apps", "--no-first-run", "--no-default-browser-check",
+         f"--user-data-dir={tmp_path / 'chrome'}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    dom = out.stdout
+    assert "</table>" in dom, out.stderr[-2000:]
+    tasks = sorted(p.name for p in (lb / "records").iterdir())
+    n_down = sum(len(json.loads(f.read_text())["downstream"])
+                 for t in tasks for f in (lb / "records" / t).glob("*.json"))
+    assert dom.count('<tr class="row">') == len(tasks) * len(SUBSET) + n_down
+    for proxy in SUBSET:
+        assert f"<td>{proxy}</td>" in dom
+    assert 'class="best"' in dom
