@@ -226,6 +226,36 @@ def cmd_leaderboard(args) -> None:
                 print(render(task, kind, args.format))
 
 
+def cmd_discover(args) -> None:
+    from pathlib import Path
+
+    from mqbench.evolution.loop import Settings, discover
+    from mqbench.tasks import DEFAULT_TASK, load_task
+
+    if args.generator != "symbolic":
+        raise MqbenchError(f"generator {args.generator!r} is not available yet: only the "
+                           f"offline `symbolic` generator is implemented; use --generator "
+                           f"symbolic")
+    if args.generations < 0 or args.population < 2:
+        raise MqbenchError("need --generations >= 0 and --population >= 2")
+    task = load_task(args.task or DEFAULT_TASK)
+    holdout = [load_task(h) for h in args.holdout or []]
+    out = Path(args.out)
+    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".checkpoint.json")
+    settings = Settings(task.name, args.generations, args.population, args.seed)
+    rep = discover(task, settings, out, holdout, ckpt, args.resume, not args.quiet)
+    st = rep["state"]
+    print(f"wrote {rep['path']} (checkpoint {ckpt}); {st.evaluated} candidates, "
+          f"{st.invalid} invalid, {st.duplicates} duplicates")
+    for label, rows in [(f"training task {task.name}", rep["train"])] + [
+            (f"held-out task {k} (no tuning on it)", v) for k, v in rep["holdout"].items()]:
+        print(f"\n{label}: fitness phi (table-lookup Acc), best first")
+        for name, f in rows:
+            mark = "  <- discovered" if name == rep["name"] else ""
+            print(f"  {name:16s} phi {f.phi:7.4f}  rho_sens {f.rho_sens:6.3f}  "
+                  f"Acc {f.acc:.4f}  Spearman {f.spearman:6.3f}{mark}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mqbench",
@@ -331,6 +361,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-readme", action="store_true",
                    help="`regenerate`: leave README.md alone")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("discover", help="evolve a new proxy (symbolic search) and write it",
+                       description="TAP/EMQ-style automatic proxy discovery. The offline "
+                       "`symbolic` generator evolves expression trees over per-layer "
+                       "statistics (EMQ's search space) and scores each candidate with TAP's "
+                       "fitness phi = alpha*rho_sens + (1-alpha)*Acc from cached statistics "
+                       "and the task's table (well under a millisecond per candidate). The "
+                       "best proxy is written as a registered proxy file; a checkpoint is "
+                       "saved after every generation (--resume continues it).")
+    p.add_argument("--task", help="training task (default: the bundled task)")
+    p.add_argument("--generator", default="symbolic", choices=["symbolic", "openai", "hf"],
+                   help="candidate generator (only symbolic is implemented so far)")
+    p.add_argument("--generations", type=int, default=30, help="generations (default 30)")
+    p.add_argument("--population", type=int, default=64, help="population size (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default="proxies/discovered_symbolic.py",
+                   help="proxy file to write; its name is the proxy's name")
+    p.add_argument("--holdout", action="append",
+                   help="task(s) to report the discovered proxy on, never searched on")
+    p.add_argument("--checkpoint", help="checkpoint file (default: next to --out)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_discover)
 
     p = sub.add_parser("show", help="summarise a task's table and its provenance",
                        description="Verify and summarise a built table.")
