@@ -100,8 +100,8 @@ def from_damage(ctx: Context, damage: np.ndarray, sens_units: np.ndarray,
 def from_sensitivity(ctx: Context, s_modules: np.ndarray, spearman: bool = False) -> Fitness:
     """φ of a per-module sensitivity vector (a `layer` proxy's output), as the harness reads it."""
     s = np.asarray(s_modules, dtype=np.float64)
-    if s.shape != (len(ctx.unit_of),):
-        return INVALID
+    if s.shape != (len(ctx.unit_of),) or not np.all(np.isfinite(s)) or np.ptp(s) == 0:
+        return INVALID  # a constant vector says nothing about which layer is sensitive
     with np.errstate(all="ignore"):
         damage = np.zeros_like(ctx.pert_units)
         np.add.at(damage, ctx.unit_of, s[:, None] * ctx.pert_modules)

@@ -1,0 +1,171 @@
+"""Symbolic proxy discovery: trees, fitness against the harness, the loop, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mqbench import allocate as A
+from mqbench.cli import main
+from mqbench.errors import MqbenchError
+from mqbench.evolution import symbolic as T
+from mqbench.evolution.features import FEATURES, module_features
+from mqbench.evolution.fitness import context, from_sensitivity, proxy_fitness
+from mqbench.evolution.loop import Settings, load, run, save
+from mqbench.harness import EvalOptions, evaluate_proxy
+from mqbench.proxy import get_proxy, load_proxy_file
+from mqbench.tasks import load_task
+
+
+def test_tree_evaluation_and_rendering_by_hand(tmp_path):
+    f = {"a": np.array([1.0, -4.0, 9.0]), "b": np.array([2.0, 0.0, -1.0])}
+    tree = ("add", ("mul", ("f", "a"), ("f", "b")), ("sqrt", ("f", "a")))
+    assert np.allclose(T.evaluate(tree, f), [1 * 2 + 1, 0 + 2, -9 + 3])
+    assert np.allclose(T.evaluate(("div", ("f", "a"), ("f", "b")), f), [0.5, -4 / 1e-12, 9])  # a / (|b| + eps)
+    assert np.array_equal(T.evaluate(("rank", ("f", "a")), f), [1.0, 0.0, 2.0])
+    assert np.allclose(T.evaluate(("norm", ("f", "b")), f), [1.0, 0.0, -0.5])
+    assert T.to_text(tree) == '((f["a"] * f["b"]) + S._sqrt(f["a"]))'
+    assert T.size(tree) == 6 and T.depth(tree) == 3
+    assert T.as_tree(json.loads(json.dumps(tree))) == tree
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # variation keeps trees well-formed and depth-capped
+        a, b = T.random_tree(rng, 3), T.random_tree(rng, 3)
+        for child in (T.mutate(a, rng, 4), T.crossover(a, b, rng, 4)):
+            assert T.depth(child) <= 4
+            leaves = [n for n in _nodes(child) if n[0] == "f"]
+            assert leaves and all(n[1] in FEATURES for n in leaves)
+
+
+def _nodes(tree):
+    yield tree
+    if tree[0] != "f":
+        for c in tree[1:]:
+            yield from _nodes(c)
+
+
+@pytest.fixture
+def ctx(tiny_env):
+    return context(load_task("tiny"))
+
+
+def test_fitness_agrees_with_the_harness(ctx):
+    """ρ_sens equals the harness's layer_spearman; Acc is a brute-force table lookup."""
+    p = get_proxy("hawqv2")
+    fit = proxy_fitness(ctx, p)
+    rec = evaluate_proxy(p, ctx.task, EvalOptions(bootstrap=0, isolate=False, progress=False,
+                                                  downstream=False))
+    assert fit.rho_sens == pytest.approx(rec["metrics"]["layer_spearman"], abs=1e-6)
+    assert fit.spearman == pytest.approx(rec["metrics"]["spearman"], abs=1e-6)
+    # Acc by hand: per budget, the table configuration with the best proxy score in budget
+    from mqbench.bench import open_bench
+    from mqbench.harness import ensure_table
+
+    table, space = ensure_table(ctx.task, False), open_bench(ctx.task, False).space
+    rows = table.rows[(table.rows.cal_seed == ctx.task.seed)
+                      & table.rows.kind.isin(["uniform", "sample"])].drop_duplicates("key")
+    scores = np.array([rec["scores"][k] for k in rows.key])
+    accs = []
+    for b in ctx.task.harness.budgets:
+        ok = (rows.size_bits <= A.budget_for(space, b, "size") * (1 + 1e-9)).to_numpy()
+        if ok.any():
+            accs.append(rows.acc.to_numpy()[ok][np.argmax(scores[ok])])
+    assert fit.acc == pytest.approx(np.mean(accs))
+    alpha = ctx.task.harness.alpha
+    assert fit.phi == pytest.approx(alpha * fit.rho_sens + (1 - alpha) * fit.acc)
+
+
+def test_invalid_candidates_score_minus_inf(ctx):
+    n = len(ctx.unit_of)
+    for bad in (np.full(n, np.nan), np.ones(n), np.arange(n + 1.0), np.r_[np.inf, np.ones(n - 1)]):
+        assert from_sensitivity(ctx, bad).phi == -math.inf
+    assert math.isfinite(from_sensitivity(ctx, np.arange(n, dtype=float)).phi)
+
+
+def test_rendered_proxy_computes_what_was_scored(ctx, tmp_path):
+    tree = ("div", ("log", ("f", "g_sq")), ("add", ("f", "params"), ("f", "depth")))
+    path = tmp_path / "rendered_one.py"
+    path.write_text(T.render(tree, name="rendered_one", doc="test"))
+    p = load_proxy_file(path)
+    assert p.name == "rendered_one" and p.kind == "layer"
+    got = np.asarray(p.fn(ctx.stats), dtype=float)
+    assert np.array_equal(got, T.evaluate(tree, module_features(ctx.stats)))
+    assert proxy_fitness(ctx, p) == from_sensitivity(ctx, got, spearman=True)
+
+
+def test_loop_is_monotone_deterministic_and_resumes_exactly(ctx, tmp_path):
+    s = Settings("tiny", generations=4, population=12, seed=3)
+    full = run(ctx, s, tmp_path / "full.json", progress=False)
+    best = [h["best"] for h in full.history]
+    assert len(best) == 5 and best == sorted(best)  # best-so-far never decreases
+    # every generation evaluates exactly `population` children after the initial fill
+    assert full.evaluated == full.history[0]["evaluated"] + 4 * 12
+    assert all(m.phi > -math.inf for m in full.members)
+    again = run(ctx, s, None, progress=False)
+    assert [m.tree for m in again.members] == [m.tree for m in full.members]
+    ck = tmp_path / "part.json"
+    run(ctx, s, ck, progress=False, stop_after=2)  # "killed" after 2 generations
+    assert json.loads(ck.read_text())["generation"] == 2
+    resumed = run(ctx, s, ck, resume=True, progress=False)
+    assert [m.tree for m in resumed.members] == [m.tree for m in full.members]
+    assert resumed.history == full.history and resumed.evaluated == full.evaluated
+
+
+def test_bad_checkpoints_are_one_line_errors(ctx, tmp_path):
+    s = Settings("tiny", generations=1, population=6)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(MqbenchError, match="malformed checkpoint"):
+        load(bad, s)
+    good = tmp_path / "good.json"
+    save(run(ctx, s, None, progress=False), good)
+    with pytest.raises(MqbenchError, match="other settings.*population"):
+        load(good, Settings("tiny", generations=1, population=8))
+
+
+def test_discover_cli_writes_a_registered_proxy(tiny_env, tmp_path, capsys):
+    out = tmp_path / "found_it.py"
+    assert main(["discover", "--task", "tiny", "--generations", "2", "--population", "8",
+                 "--out", str(out), "--quiet"]) in (0, None)
+    text = capsys.readouterr().out
+    assert "found_it" in text and "<- discovered" in text
+    p = load_proxy_file(out)
+    assert p.name == "found_it"
+    text = out.read_text()
+    assert "Training task tiny: fitness" in text and "Found in generation" in text
+    assert main(["discover", "--task", "tiny", "--generator", "openai", "--out",
+                 str(out)]) == 2
+    assert "only the offline `symbolic` generator" in capsys.readouterr().err
+    assert main(["discover", "--task", "tiny", "--out", str(tmp_path / "bad-name.py")]) == 2
+
+
+def test_discovered_proxy_ships_with_consistent_docstring():
+    p = get_proxy("discovered_symbolic")
+    assert p.kind == "layer"
+    text = open(p.path).read()
+    assert "Training task fmnist-resnet8: fitness" in text
+    assert "Held-out task fmnist-vit (no tuning on it)" in text
+
+
+@pytest.mark.benchmark
+def test_fitness_throughput(benchmark, tiny_env):
+    """Candidates per second per core with cached statistics (target >= 50)."""
+    from mqbench.data import FMNIST_SYSTEM_DIR
+
+    name = "fmnist-resnet8" if (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists() \
+        else "digits-resnet8"
+    c = context(load_task(name))
+    f = module_features(c.stats)
+    trees = [T.random_tree(np.random.default_rng(i), 4) for i in range(200)]
+
+    def score_all():
+        with np.errstate(all="ignore"):
+            for t in trees:
+                from_sensitivity(c, T.evaluate(t, f))
+
+    benchmark.pedantic(score_all, rounds=5, warmup_rounds=1)
+    rate = len(trees) / benchmark.stats.stats.mean
+    benchmark.extra_info["candidates_per_s"] = rate
+    print(f"\n{name}: {rate:.0f} candidates/s on one core (target >= 50)")
