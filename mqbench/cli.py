@@ -232,13 +232,14 @@ def cmd_discover(args) -> None:
     from mqbench.evolution.loop import Settings, discover
     from mqbench.tasks import DEFAULT_TASK, load_task
 
-    if args.generator != "symbolic":
-        raise MqbenchError(f"generator {args.generator!r} is not available yet: only the "
-                           f"offline `symbolic` generator is implemented; use --generator "
-                           f"symbolic")
+    if args.generator == "hf":
+        raise MqbenchError("generator 'hf' (local transformers model + DPO fine-tuning) is not "
+                           "available yet; use --generator symbolic or openai")
     if args.generations < 0 or args.population < 2:
         raise MqbenchError("need --generations >= 0 and --population >= 2")
     task = load_task(args.task or DEFAULT_TASK)
+    if args.generator == "openai":
+        return _discover_llm(args, task)
     holdout = [load_task(h) for h in args.holdout or []]
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".checkpoint.json")
@@ -254,6 +255,38 @@ def cmd_discover(args) -> None:
             mark = "  <- discovered" if name == rep["name"] else ""
             print(f"  {name:16s} phi {f.phi:7.4f}  rho_sens {f.rho_sens:6.3f}  "
                   f"Acc {f.acc:.4f}  Spearman {f.spearman:6.3f}{mark}")
+
+
+def _discover_llm(args, task) -> None:
+    from pathlib import Path
+
+    from mqbench.evolution import llm_loop as LL
+    from mqbench.evolution.fitness import context
+    from mqbench.evolution.generators import OpenAIGenerator
+
+    out = Path(args.out)
+    workdir = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".run")
+    gen = OpenAIGenerator(model=args.model or "", base_url=args.base_url or "",
+                          api_key=args.api_key or "", cache_dir=workdir / "cache")
+    settings = LL.LLMSettings(task.name, args.generations, args.population, seed=args.seed)
+    ctx = context(task, not args.quiet)
+    state = LL.run_llm(ctx, gen, settings, workdir, args.resume, not args.quiet)
+    best = state.members[0]
+    if best["phi"] == float("-inf"):
+        raise MqbenchError(f"no valid proxy after {state.evaluated} candidates "
+                           f"({state.invalid} invalid); see {workdir / 'checkpoint.json'}")
+    code = best["code"]
+    header = (f'"""Discovered by `mqbench discover` (generator: openai, model {gen.model}).\n\n'
+              f"Reasoning: {best['reasoning']}\n\nTraining task {task.name}: fitness "
+              f"{best['phi']:.4f}; generation {best['generation']}; {state.evaluated} "
+              f'candidates ({state.invalid} invalid).\n"""\n')
+    out.write_text(header + code.replace('name="candidate"', f'name="{out.stem}"'))
+    u = gen.usage
+    print(f"wrote {out}; {state.evaluated} candidates, {state.invalid} invalid; "
+          f"{u.requests} requests ({u.cached} cached, {u.retries} retries), "
+          f"{u.prompt_tokens}+{u.completion_tokens} tokens, ${u.cost_usd:.4f}; "
+          f"pairs in {workdir / 'pairs.jsonl'}; template probabilities "
+          f"{state.history[-1]['probs']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,7 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "saved after every generation (--resume continues it).")
     p.add_argument("--task", help="training task (default: the bundled task)")
     p.add_argument("--generator", default="symbolic", choices=["symbolic", "openai", "hf"],
-                   help="candidate generator (only symbolic is implemented so far)")
+                   help="candidate generator: symbolic (offline, default) or openai (any "
+                   "OpenAI-compatible chat endpoint; hf is not implemented yet)")
+    p.add_argument("--model", help="openai: model name (or $MQBENCH_LLM_MODEL)")
+    p.add_argument("--base-url", help="openai: endpoint, e.g. http://127.0.0.1:8000/v1 "
+                   "(or $OPENAI_BASE_URL)")
+    p.add_argument("--api-key", help="openai: API key (or $OPENAI_API_KEY)")
     p.add_argument("--generations", type=int, default=30, help="generations (default 30)")
     p.add_argument("--population", type=int, default=64, help="population size (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

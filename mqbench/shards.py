@@ -8,7 +8,9 @@ task's table atomically. `build_parallel` runs the shards side by side on one ma
 from __future__ import annotations
 
 import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +43,27 @@ def _shard_worker(task: Task, shard: tuple[int, int], force: bool, queue) -> Non
         queue.put(("error", shard[0], f"{type(exc).__name__}: {exc}"))
 
 
+@contextmanager
+def _main_hidden():
+    """Start spawned workers without re-running the caller's script.
+
+    `spawn` children normally re-import `__main__`; a user script without an
+    `if __name__ == "__main__":` guard (or `python -` from stdin) would then run again in
+    every worker. The worker function lives in this module, so the children need nothing
+    from `__main__`: hide its path/spec while the processes start.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__") if main and k in
+             main.__dict__}
+    if main is not None and "__spec__" in saved:
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 def build_parallel(task: Task, jobs: int, force: bool = False, progress: bool = True) -> Path:
     """Build the table with `jobs` single-threaded worker processes, then merge them.
 
@@ -65,8 +88,9 @@ def build_parallel(task: Task, jobs: int, force: bool = False, progress: bool = 
                          daemon=True) for i in range(jobs)]
     total = len(plan(open_bench(task, progress=False)))
     start = time.perf_counter()
-    for proc in procs:
-        proc.start()
+    with _main_hidden():
+        for proc in procs:
+            proc.start()
     bar = tqdm(total=total, desc=f"build {task.key} ({jobs} jobs)", disable=not progress,
                unit="cfg")
     try:

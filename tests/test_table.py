@@ -219,3 +219,16 @@ def test_gpu_table_matches_cpu(tiny_env, monkeypatch):
     assert list(gpu.key) == list(cpu.key)
     np.testing.assert_allclose(gpu[["acc"]], cpu[["acc"]], atol=2e-2)
     np.testing.assert_allclose(gpu[["loss"]], cpu[["loss"]], rtol=2e-2, atol=1e-3)
+
+
+def test_parallel_build_from_an_unguarded_stdin_script(tiny_env):
+    """Spawned workers must not re-run the caller's script (no __main__ guard, stdin)."""
+    script = ("from mqbench.shards import build_parallel\n"
+              "from mqbench.tasks import load_task\n"
+              "print('RAN')\n"
+              "build_parallel(load_task('tiny'), 2, progress=False)\n")
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.count("RAN") == 1
+    assert load_table(load_task("tiny")).meta["build_jobs"] == "2"
