@@ -5,7 +5,7 @@ the scheduler picks a template per child, the prompt carries a context window sa
 the library of the best proxies so far (top 10% of everything evaluated), and the answer's
 code (the proxy contract: one `@proxy(kind="layer")` function of `stats`) is imported and
 run **only inside the sandbox** (separate process; time and memory limits; no network; no
-writes outside a scratch directory). Its per-module output is scored by the fast fitness
+writes outside a scratch directory; `workers` candidates at once). Its per-module output is scored by the fast fitness
 (fitness.py); an answer without code, code that fails, hangs, or returns garbage scores
 −inf and is counted, and the loop goes on. The population keeps the best N, ties going to
 the newer. Preference pairs (children of the same prompt, fitness margin, near-duplicate
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class LLMSettings:
     timeout: float = 10.0
     mem_mb: int = 2048
     margin: float = 0.01  # minimum fitness gap for a preference pair
+    workers: int = 2  # candidates scored at once, each in its own sandboxed process
 
 
 @dataclass
@@ -155,42 +157,51 @@ def run_llm(ctx: Context, gen: Generator, settings: LLMSettings, workdir: Path,
         state = LLMState(settings)
         rng = np.random.default_rng(settings.seed)
 
-    def evaluate(answer: str, template: str, messages) -> dict:
-        state.evaluated += 1
-        parsed = extract(answer)
-        cand = {"template": template, "generation": state.generation,
-                "order": state.evaluated, "phi": -math.inf, "why": "no code block",
-                "reasoning": "", "code": "", "prompt": messages[-1]["content"]}
-        if parsed is not None:
-            cand["reasoning"], cand["code"] = parsed
-            cand["phi"], cand["why"] = score_code(ctx, cand["code"], workdir / "scratch",
-                                                  str(state.evaluated), settings.timeout,
-                                                  settings.mem_mb)
-        if not math.isfinite(cand["phi"]):
-            state.invalid += 1
-        return cand
+    def evaluate(batch: list[tuple[str, str, list]]) -> list[dict]:
+        """Score [(answer, template, messages)] in parallel isolated workers, in order."""
+        cands = []
+        for answer, template, messages in batch:
+            state.evaluated += 1
+            cand = {"template": template, "generation": state.generation,
+                    "order": state.evaluated, "phi": -math.inf, "why": "no code block",
+                    "reasoning": "", "code": "", "prompt": messages[-1]["content"]}
+            parsed = extract(answer)
+            if parsed is not None:
+                cand["reasoning"], cand["code"] = parsed
+            cands.append(cand)
+        todo = [c for c in cands if c["code"]]
+        # Each call forks its own confined child; threads only wait on them.
+        with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
+            results = pool.map(lambda c: score_code(ctx, c["code"], workdir / "scratch",
+                                                    str(c["order"]), settings.timeout,
+                                                    settings.mem_mb), todo)
+            for c, (phi, why) in zip(todo, results):
+                c["phi"], c["why"] = phi, why
+        state.invalid += sum(not math.isfinite(c["phi"]) for c in cands)
+        return cands
 
     (workdir / "scratch").mkdir(exist_ok=True)
     if not state.members:
         msgs = prompt("init", [], rng)
         answers = gen.complete(msgs, settings.population, temperature=settings.temperature,
                                seed=settings.seed)
-        state.members = [evaluate(a.text, "init", msgs) for a in answers]
+        state.members = evaluate([(a.text, "init", msgs) for a in answers])
         _finish(state, sched, rng, [], ckpt)
 
     bar = tqdm(total=settings.generations, initial=state.generation, desc="discover",
                disable=not progress, unit="gen")
     while state.generation < settings.generations:
         state.generation += 1
-        children, by_prompt = [], {}
+        batch, by_prompt = [], {}
         for j in range(settings.children):
             template = sched.sample(rng)
             msgs = prompt(template, state.library, rng)
             seed = settings.seed * 100_003 + state.generation * 1_009 + j
-            for a in gen.complete(msgs, 2, temperature=settings.temperature, seed=seed):
-                c = evaluate(a.text, template, msgs)
-                children.append(c)
-                by_prompt.setdefault(msgs[-1]["content"], []).append(c)
+            batch += [(a.text, template, msgs) for a in
+                      gen.complete(msgs, 2, temperature=settings.temperature, seed=seed)]
+        children = evaluate(batch)
+        for c in children:
+            by_prompt.setdefault(c["prompt"], []).append(c)
         for group in by_prompt.values():  # children of one prompt: preference pairs
             for a in group:
                 for b in group:
