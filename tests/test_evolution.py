@@ -137,7 +137,7 @@ def test_discover_cli_writes_a_registered_proxy(tiny_env, tmp_path, capsys):
     assert "Training task tiny: fitness" in text and "Found in generation" in text
     assert main(["discover", "--task", "tiny", "--generator", "openai", "--out",
                  str(out)]) == 2
-    assert "only the offline `symbolic` generator" in capsys.readouterr().err
+    assert "no LLM model given" in capsys.readouterr().err
     assert main(["discover", "--task", "tiny", "--out", str(tmp_path / "bad-name.py")]) == 2
 
 
