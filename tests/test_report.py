@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -54,6 +55,8 @@ def test_regenerate_is_byte_identical(board):
     publish.regenerate(readme=readme)
     first = {**_snapshot(lb), "README": readme.read_bytes()}
     assert any(k.endswith(".png") for k in first) and any(k.endswith(".tex") for k in first)
+    pngs = [v for k, v in first.items() if k.endswith(".png")]
+    assert all(v.startswith(b"\x89PNG") and b"Software" not in v for v in pngs)
     shutil.rmtree(lb / "tables")
     shutil.rmtree(lb / "site")
     (lb / "mqbench.duckdb").unlink()
@@ -112,6 +115,28 @@ def test_downstream_table_ranks_within_budget_and_bolds_best():
         bold = {i for i in idx if (i, "acc") in best}
         assert bold == {i for i in idx if round(rep.rows[i]["acc"], 4) == round(top, 4)}
         assert not any((i, "size_kb") in best for i in idx)  # descriptive columns never bold
+    df = pd.read_csv(io.StringIO(R.to_csv(rep)))
+    want = [(r["proxy"], d) for r in recs for d in r["downstream"]]
+    got = {(row.proxy, row.budget): row for _, row in df.iterrows()}
+    for proxy, d in want:
+        row = got[(proxy, f"{d['budget_avg_bits']:g} bits ({d['metric']})")]
+        assert row.acc == pytest.approx(d["acc"]) and row.size_kb == pytest.approx(
+            d["size_bits"] / 8192, abs=1e-6)
+        assert row.best_table_acc - row.acc == pytest.approx(d["gap_to_best"], abs=1e-9)
+
+
+def test_pareto_front_matches_brute_force():
+    from mqbench.plots import pareto_front
+
+    rng = np.random.default_rng(0)
+    size, acc = rng.integers(0, 30, 200).astype(float), rng.random(200).round(2)
+    fx, fy = pareto_front(size, acc)
+    # brute force: a point is on the front iff nothing at most as large is strictly better
+    # (ties at one size keep the first, ties in accuracy keep the smallest)
+    want = sorted({(s, a) for s, a in zip(size, acc)
+                   if not any((s2 <= s and a2 >= a) and (s2, a2) != (s, a)
+                              for s2, a2 in zip(size, acc))})
+    assert list(zip(fx, fy)) == want
 
 
 def test_committed_readme_section_is_current(tmp_path, monkeypatch):
@@ -160,6 +185,7 @@ def test_html_page_renders_rows_in_headless_chromium(board, tmp_path):
     page = lb / "site" / "index.html"
     html = page.read_text()
     assert "<tr class=\"row\">" not in html  # rows exist only once the script has run
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)  # no external assets
     out = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
