@@ -17,15 +17,14 @@ from __future__ import annotations
 import io
 import math
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-import matplotlib
-
 matplotlib.use("Agg")  # no display; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+from PIL import Image
 
 _META = {"Software": None}  # PNG text chunks: no version string, so bytes depend on data only
 _DPI = 80
