@@ -232,13 +232,10 @@ def cmd_discover(args) -> None:
     from mqbench.evolution.loop import Settings, discover
     from mqbench.tasks import DEFAULT_TASK, load_task
 
-    if args.generator == "hf":
-        raise MqbenchError("generator 'hf' (local transformers model + DPO fine-tuning) is not "
-                           "available yet; use --generator symbolic or openai")
     if args.generations < 0 or args.population < 2:
         raise MqbenchError("need --generations >= 0 and --population >= 2")
     task = load_task(args.task or DEFAULT_TASK)
-    if args.generator == "openai":
+    if args.generator in ("openai", "hf"):
         return _discover_llm(args, task)
     holdout = [load_task(h) for h in args.holdout or []]
     out = Path(args.out)
@@ -266,17 +263,24 @@ def _discover_llm(args, task) -> None:
 
     out = Path(args.out)
     workdir = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".run")
-    gen = OpenAIGenerator(model=args.model or "", base_url=args.base_url or "",
-                          api_key=args.api_key or "", cache_dir=workdir / "cache")
-    settings = LL.LLMSettings(task.name, args.generations, args.population, seed=args.seed)
+    settings = LL.LLMSettings(task.name, args.generations, args.population, seed=args.seed,
+                              margin=args.dpo_margin)
+    hook = None
+    if args.generator == "hf":
+        gen, hook = _hf_generator(args, workdir, settings)
+    else:
+        gen = OpenAIGenerator(model=args.model or "", base_url=args.base_url or "",
+                              api_key=args.api_key or "", cache_dir=workdir / "cache")
     ctx = context(task, not args.quiet)
-    state = LL.run_llm(ctx, gen, settings, workdir, args.resume, not args.quiet)
+    state = LL.run_llm(ctx, gen, settings, workdir, args.resume, not args.quiet, hook)
     best = state.members[0]
     if best["phi"] == float("-inf"):
         raise MqbenchError(f"no valid proxy after {state.evaluated} candidates "
                            f"({state.invalid} invalid); see {workdir / 'checkpoint.json'}")
     code = best["code"]
-    header = (f'"""Discovered by `mqbench discover` (generator: openai, model {gen.model}).\n\n'
+    model = gen.model if args.generator == "openai" else args.model
+    header = (f'"""Discovered by `mqbench discover` (generator: {args.generator}, model '
+              f'{model}).\n\n'
               f"Reasoning: {best['reasoning']}\n\nTraining task {task.name}: fitness "
               f"{best['phi']:.4f}; generation {best['generation']}; {state.evaluated} "
               f'candidates ({state.invalid} invalid).\n"""\n')
@@ -287,6 +291,31 @@ def _discover_llm(args, task) -> None:
           f"{u.prompt_tokens}+{u.completion_tokens} tokens, ${u.cost_usd:.4f}; "
           f"pairs in {workdir / 'pairs.jsonl'}; template probabilities "
           f"{state.history[-1]['probs']}")
+    for d in state.generator.get("dpo", []):
+        print(f"generator DPO after generation {d['generation']}: {d['pairs']} pairs" + (
+            f", logp margin {d['margin_before']:.3f} -> {d['margin_after']:.3f}, adapter "
+            f"{workdir / d['adapter']}" if d["pairs"] else " (no update)"))
+
+
+def _hf_generator(args, workdir, settings):
+    """The local transformers generator and, unless --dpo-every 0, its DPO fine-tuning hook."""
+    from mqbench.evolution import llm_loop as LL
+    from mqbench.evolution.generator_dpo import DPOSettings, GeneratorDPO, require_trl
+    from mqbench.evolution.hf_generator import HFGenerator
+
+    if not args.model:
+        raise MqbenchError("generator 'hf' needs --model: a local directory holding a "
+                           "transformers causal LM and its tokenizer")
+    if args.dpo_every < 0 or args.max_new_tokens < 1:
+        raise MqbenchError("need --dpo-every >= 0 and --max-new-tokens >= 1")
+    if args.dpo_every:
+        require_trl()  # fail now, not after the first generation
+    gen = HFGenerator(args.model, adapter=args.adapter, cache_dir=workdir / "cache",
+                      max_new_tokens=args.max_new_tokens)
+    hook = GeneratorDPO(gen, workdir, LL.chat, args.dpo_every,
+                        DPOSettings(margin=settings.margin, seed=args.seed)) \
+        if args.dpo_every else None
+    return gen, hook
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,12 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "saved after every generation (--resume continues it).")
     p.add_argument("--task", help="training task (default: the bundled task)")
     p.add_argument("--generator", default="symbolic", choices=["symbolic", "openai", "hf"],
-                   help="candidate generator: symbolic (offline, default) or openai (any "
-                   "OpenAI-compatible chat endpoint; hf is not implemented yet)")
-    p.add_argument("--model", help="openai: model name (or $MQBENCH_LLM_MODEL)")
+                   help="candidate generator: symbolic (offline, default), openai (any "
+                   "OpenAI-compatible chat endpoint) or hf (a local transformers causal LM, "
+                   "fine-tuned with DPO on LoRA adapters as it goes)")
+    p.add_argument("--model", help="openai: model name (or $MQBENCH_LLM_MODEL); hf: local "
+                   "model directory")
     p.add_argument("--base-url", help="openai: endpoint, e.g. http://127.0.0.1:8000/v1 "
                    "(or $OPENAI_BASE_URL)")
     p.add_argument("--api-key", help="openai: API key (or $OPENAI_API_KEY)")
+    p.add_argument("--adapter", help="hf: LoRA adapter directory to start from")
+    p.add_argument("--max-new-tokens", type=int, default=512,
+                   help="hf: answer length limit in tokens (default 512)")
+    p.add_argument("--dpo-every", type=int, default=1,
+                   help="hf: one DPO update of the generator's LoRA adapter every K "
+                   "generations from that generation's children (default 1; 0: never)")
+    p.add_argument("--dpo-margin", type=float, default=0.01,
+                   help="openai/hf: minimum fitness gap of a preference pair (default 0.01)")
     p.add_argument("--generations", type=int, default=30, help="generations (default 30)")
     p.add_argument("--population", type=int, default=64, help="population size (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -12,6 +12,8 @@ the newer. Preference pairs (children of the same prompt, fitness margin, near-d
 code removed) are exported as a prompt/chosen/rejected JSONL dataset; the scheduler is
 updated from the generation's ranking with the DPO loss (scheduler.py). State is saved
 after every generation; generator answers are cached, so a resumed run pays nothing twice.
+An optional hook (`LoopHook`, e.g. generator_dpo.GeneratorDPO) sees each generation's
+children before the checkpoint and keeps its own state in `LLMState.generator`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -73,8 +76,12 @@ def prompt(kind: str, library: list[dict], rng: np.random.Generator) -> list[dic
         parents = [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))]
         task = ("Combine the ideas of these two proxies into a better one." if k == 2 else
                 "Improve this proxy with one meaningful change.")
-    body = "\n\n".join([CONTRACT] + [_show(p) for p in parents] + [task])
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}]
+    return chat("\n\n".join([CONTRACT] + [_show(p) for p in parents] + [task]))
+
+
+def chat(user: str) -> list[dict]:
+    """The chat messages of a prompt; children record `user` as their 'prompt'."""
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
 def _run_candidate(path: str, stats):
@@ -111,6 +118,13 @@ class LLMState:
     pairs: list[dict] = field(default_factory=list)
     scheduler: dict = field(default_factory=dict)
     rng: dict | None = None
+    generator: dict = field(default_factory=dict)  # the hook's state (e.g. LoRA adapter)
+
+
+class LoopHook(Protocol):
+    def start(self, state: LLMState) -> None: ...
+
+    def after_generation(self, state: LLMState, children: list[dict]) -> None: ...
 
 
 def score_code(ctx: Context, code: str, workdir: Path, tag: str, timeout: float,
@@ -134,7 +148,8 @@ def _similar(a: str, b: str) -> bool:
 
 
 def run_llm(ctx: Context, gen: Generator, settings: LLMSettings, workdir: Path,
-            resume: bool = False, progress: bool = True) -> LLMState:
+            resume: bool = False, progress: bool = True,
+            hook: LoopHook | None = None) -> LLMState:
     """Run (or resume) the LLM loop; checkpoint and pairs live in `workdir`."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +160,8 @@ def run_llm(ctx: Context, gen: Generator, settings: LLMSettings, workdir: Path,
             data = json.loads(ckpt.read_text())
             state = LLMState(LLMSettings(**data["settings"]), **{
                 k: data[k] for k in ("generation", "members", "library", "evaluated",
-                                     "invalid", "history", "pairs", "scheduler", "rng")})
+                                     "invalid", "history", "pairs", "scheduler", "rng")},
+                             generator=data.get("generator", {}))
         except (ValueError, KeyError, TypeError) as exc:
             raise MqbenchError(f"cannot resume from {ckpt}: malformed checkpoint ({exc}); "
                                f"delete it or start without --resume") from None
@@ -156,6 +172,8 @@ def run_llm(ctx: Context, gen: Generator, settings: LLMSettings, workdir: Path,
     else:
         state = LLMState(settings)
         rng = np.random.default_rng(settings.seed)
+    if hook is not None:
+        hook.start(state)
 
     def evaluate(batch: list[tuple[str, str, list]]) -> list[dict]:
         """Score [(answer, template, messages)] in parallel isolated workers, in order."""
@@ -164,7 +182,8 @@ def run_llm(ctx: Context, gen: Generator, settings: LLMSettings, workdir: Path,
             state.evaluated += 1
             cand = {"template": template, "generation": state.generation,
                     "order": state.evaluated, "phi": -math.inf, "why": "no code block",
-                    "reasoning": "", "code": "", "prompt": messages[-1]["content"]}
+                    "reasoning": "", "code": "", "prompt": messages[-1]["content"],
+                    "answer": answer}
             parsed = extract(answer)
             if parsed is not None:
                 cand["reasoning"], cand["code"] = parsed
@@ -186,6 +205,8 @@ def run_llm(ctx: Context, gen: Generator, settings: LLMSettings, workdir: Path,
         answers = gen.complete(msgs, settings.population, temperature=settings.temperature,
                                seed=settings.seed)
         state.members = evaluate([(a.text, "init", msgs) for a in answers])
+        if hook is not None:
+            hook.after_generation(state, state.members)
         _finish(state, sched, rng, [], ckpt)
 
     bar = tqdm(total=settings.generations, initial=state.generation, desc="discover",
@@ -210,6 +231,8 @@ def run_llm(ctx: Context, gen: Generator, settings: LLMSettings, workdir: Path,
                         state.pairs.append({"prompt": a["prompt"], "chosen": _answer(a),
                                             "rejected": _answer(b)})
         sched.update([(c["template"], c["phi"]) for c in children])
+        if hook is not None:
+            hook.after_generation(state, children)
         _finish(state, sched, rng, children, ckpt)
         bar.update()
         bar.set_postfix(best=f"{state.history[-1]['best']:.4f}", evaluated=state.evaluated,
