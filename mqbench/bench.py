@@ -28,8 +28,8 @@ from mqbench.train import load_or_train
 class Metrics:
     """Ground truth of one configuration on the evaluation set."""
 
-    acc: float  # top-1 accuracy in [0, 1]
-    loss: float  # mean cross-entropy
+    acc: float  # top-1 accuracy in [0, 1] (LM tasks: next-token accuracy)
+    loss: float  # mean cross-entropy (LM tasks: per token; perplexity = exp(loss))
     kl: float  # mean KL(full-precision || quantized) of the predictive distributions
 
 
@@ -79,17 +79,32 @@ class Bench:
             self._prepared[cal_seed] = prepare(
                 self.model, list(self.space.modules), self.calibration(cal_seed),
                 q.weight_bits, q.act_bits, q.weight_clip, q.act_clip, q.fold_bn, cal_seed,
-                device=eval_device())
+                device=eval_device(), group_size=q.group_size)
         return self._prepared[cal_seed]
 
     def evaluator(self, cal_seed: int, batch_size: int | None = None) -> "Evaluator":
-        return Evaluator(self, self.prepared(cal_seed), batch_size or self.task.table.batch_size)
+        split = None
+        if self.task.is_lm and cal_seed != self.task.seed:
+            # Weight-only quantization has no calibration randomness: an LM table's noise
+            # rows re-measure on another seeded draw of evaluation windows instead.
+            spec = self.task.data
+            split = D.load_split(spec, spec.eval_split, spec.eval_samples, cal_seed)
+        return Evaluator(self, self.prepared(cal_seed), batch_size or self.task.table.batch_size,
+                         split)
 
 
 def seeded_model(task: Task, in_chans: int, classes: int, size: int) -> nn.Module:
     """The task's network with its initialisation drawn from the task seed (global RNG kept)."""
+    if task.is_lm and task.model.source == "hf":
+        from mqbench.lm.model import load_hf
+
+        return load_hf(task.model)
     with torch.random.fork_rng():
         torch.manual_seed(task.seed)
+        if task.is_lm:
+            from mqbench.lm.model import tiny_llama
+
+            return tiny_llama(task.model, classes, task.data.seq_len)
         return build_model(task.model, in_chans, classes, size)
 
 
@@ -104,6 +119,11 @@ def open_bench(task: Task, progress: bool = True) -> Bench:
     if task.model.source == "train":
         model, manifest = load_or_train(task, model, lambda: D.load_split(spec, "train"),
                                         mean, std, progress)
+    if task.is_lm:
+        from mqbench.lm import corpus, tokenize
+
+        manifest = {**manifest, **tokenize.load_tokenizer(spec)[1],
+                    "corpus": corpus.corpus_manifest(spec)}
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -116,10 +136,12 @@ def open_bench(task: Task, progress: bool = True) -> Bench:
 class Evaluator:
     """Measures configurations on the evaluation set against the full-precision model."""
 
-    def __init__(self, bench: Bench, qm: QuantizedModel, batch_size: int):
+    def __init__(self, bench: Bench, qm: QuantizedModel, batch_size: int,
+                 split: D.Split | None = None):
         self.bench, self.qm, self.batch_size = bench, qm, batch_size
+        self.split = split or bench.eval_split
         self.device = next(qm.model.parameters()).device
-        x = bench.eval_split.x
+        x = self.split.x
         # Normalised inputs are kept when small (the bundled tasks); big sets convert per batch.
         self._inputs = D.to_input(x, bench.mean, bench.std) if x.numel() < 5e7 else None
         if self._inputs is not None:
@@ -127,11 +149,20 @@ class Evaluator:
                 memory_format=qm.memory_format)
         fp_model = (bench.model if self.device.type == "cpu" else
                     copy.deepcopy(bench.model).to(self.device))
+        self._fp_model = fp_model
+        # LM tasks score every token: their float log-probabilities (tokens x vocab) are kept
+        # only while they fit in 1 GiB, otherwise recomputed per batch (2 forwards per eval).
+        self.tokens = bench.task.is_lm
+        keep = not self.tokens or self.split.y.numel() * self._classes() * 4 <= 2**30
         self.fp_logprobs = torch.cat([F.log_softmax(fp_model(b), -1).cpu()
-                                      for b in self._batches()]) if len(x) else None
+                                      for b in self._batches()]) if len(x) and keep else None
+
+    def _classes(self) -> int:
+        with torch.inference_mode():
+            return self._fp_model(self.split.x[:1].to(self.device)).shape[-1]
 
     def _batches(self):
-        x = self.bench.eval_split.x
+        x = self.split.x
         with torch.inference_mode():
             for i in range(0, len(x), self.batch_size):
                 yield (self._inputs[i:i + self.batch_size] if self._inputs is not None else
@@ -140,10 +171,28 @@ class Evaluator:
 
     @functools.cached_property
     def fp_metrics(self) -> Metrics:
+        if self.tokens:
+            return self._token_metrics(self._fp_model)
         return self._metrics(self.fp_logprobs)
 
+    def _token_metrics(self, model: nn.Module) -> Metrics:
+        """LM metrics streamed per batch: next-token accuracy, CE per token, KL per token."""
+        y = self.split.y
+        correct = nll = kl = 0.0
+        count = 0
+        for i, b in enumerate(self._batches()):
+            yb = y[i * self.batch_size:(i + 1) * self.batch_size].reshape(-1)
+            lq = F.log_softmax(model(b).float(), -1).cpu()
+            lp = (self.fp_logprobs[count:count + len(yb)] if self.fp_logprobs is not None
+                  else F.log_softmax(self._fp_model(b).float(), -1).cpu())
+            correct += float((lq.argmax(-1) == yb).sum())
+            nll -= float(lq.gather(1, yb[:, None]).double().sum())
+            kl += float((lp.exp() * (lp - lq)).sum(-1).double().sum())
+            count += len(yb)
+        return Metrics(correct / count, nll / count, max(kl / count, 0.0))
+
     def _metrics(self, logprobs: torch.Tensor) -> Metrics:
-        y = self.bench.eval_split.y
+        y = self.split.y
         acc = (logprobs.argmax(-1) == y).double().mean().item()
         loss = F.nll_loss(logprobs.double(), y).item()
         p = self.fp_logprobs.double()
@@ -153,5 +202,7 @@ class Evaluator:
     def evaluate(self, cfg: BitConfig) -> Metrics:
         """Accuracy, cross-entropy and KL to full precision of one configuration."""
         model = self.qm.apply(self.bench.space.layer_bits(self.bench.space.validate(cfg)))
+        if self.tokens:
+            return self._token_metrics(model)
         return self._metrics(torch.cat([F.log_softmax(model(b), -1).cpu()
                                         for b in self._batches()]))

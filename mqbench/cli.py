@@ -7,6 +7,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -68,9 +69,11 @@ def _summary(table) -> None:
           f"{m['rows_checksum'][:16]}…")
     fp = table.kind("fp")
     if len(fp):
-        print(f"  full precision: acc {fp.acc.iloc[0]:.4f}  loss {fp.loss.iloc[0]:.4f}")
+        ppl = (f"  perplexity {math.exp(fp.loss.iloc[0]):.2f}" if table.task.is_lm else "")
+        print(f"  full precision: acc {fp.acc.iloc[0]:.4f}  loss {fp.loss.iloc[0]:.4f}{ppl}")
     for r in table.kind("uniform").itertuples():
-        print(f"  uniform {r.key:40.40s} acc {r.acc:.4f}  kl {r.kl:.4f}")
+        ppl = f"  perplexity {math.exp(r.loss):.2f}" if table.task.is_lm else ""
+        print(f"  uniform {r.key:40.40s} acc {r.acc:.4f}  kl {r.kl:.4f}{ppl}")
     cfg = table.configs()
     print(f"  {len(cfg)} configurations: acc {cfg.acc.min():.4f}..{cfg.acc.max():.4f}, "
           f"avg weight bits {cfg.avg_wbits.min():.2f}..{cfg.avg_wbits.max():.2f}")
@@ -103,6 +106,8 @@ def cmd_measure(args) -> None:
     else:
         cfg = space.from_mapping(_parse_bits(args.bits or ""))
     m = bench.evaluator(args.cal_seed if args.cal_seed is not None else task.seed).evaluate(cfg)
+    if task.is_lm:
+        print(f"  perplexity {math.exp(m.loss):.3f}  (next-token accuracy below)")
     print(f"{cfg.key}\n  acc {m.acc:.4f}  loss {m.loss:.4f}  kl {m.kl:.5f}  size "
           f"{space.size_bits(cfg) / 8 / 1024:.1f} KiB  BOPs {space.bops(cfg):.4g}")
     print("  units: " + ", ".join(space.units))
@@ -224,6 +229,40 @@ def cmd_leaderboard(args) -> None:
                                    f"{task}` first")
             for kind in args.kind or ["correlation", "downstream"]:
                 print(render(task, kind, args.format))
+
+
+def cmd_automixq(args) -> None:
+    from pathlib import Path
+
+    from mqbench.bench import open_bench
+    from mqbench.lm.automixq import Search
+    from mqbench.lm.compare import compare, markdown, write
+    from mqbench.report import load_records
+    from mqbench.tasks import load_task
+
+    task = load_task(args.task or "pydocs-llama")
+    if args.budgets:
+        import dataclasses
+
+        task = dataclasses.replace(task, automixq=dataclasses.replace(
+            task.automixq, budgets=tuple(args.budgets)))
+        lo, hi = min(task.quant.weight_bits), max(task.quant.weight_bits)
+        bad = [b for b in args.budgets if not lo <= b <= hi]
+        if bad:
+            raise MqbenchError(f"--budgets {bad[0]:g}: outside the task's weight bit choices "
+                               f"[{lo}, {hi}]; pick average bits between them")
+    if not task.is_lm:
+        raise MqbenchError(f"AutoMixQ searches language-model tasks; {task.name} is not one "
+                           f"(try --task pydocs-llama)")
+    out = Path(args.out)
+    ckpt = Path(args.checkpoint) if args.checkpoint else out / f"{task.key}-automixq.ckpt.json"
+    search = Search(open_bench(task, progress=not args.quiet), progress=not args.quiet)
+    state = search.run(ckpt, resume=args.resume)
+    records = load_records(task.name)
+    result = compare(search, state, records, random_seeds=args.random_seeds)
+    js, md = write(result, out)
+    print(markdown(result))
+    print(f"written {md} and {js}; checkpoint {ckpt}")
 
 
 def cmd_discover(args) -> None:
@@ -461,6 +500,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("automixq", help="AutoMixQ 2/4-bit search on an LM task + Table 1",
+                       description="AutoMixQ (mixed-precision protection with four channel "
+                       "strategies, plus the global search of the paper's Algorithm 1 guided "
+                       "by CE + alpha*T^2*KL on the validation windows) on a language-model "
+                       "task, from all-4-bit down to each budget. Then compares test "
+                       "perplexity with uniform 2/3/4-bit, random 2/4-bit mixed precision at "
+                       "the same budgets and the proxies' ILP allocations from the leaderboard, "
+                       "in the shape of the paper's Table 1. Checkpointed every cycle.")
+    p.add_argument("--task", help="LM task (default: pydocs-llama)")
+    p.add_argument("--budgets", type=float, nargs="+",
+                   help="average weight bits to stop at (default: the task's, 3.0..3.75)")
+    p.add_argument("--random-seeds", type=int, default=3,
+                   help="draws of the random mixed-precision baseline (default 3)")
+    p.add_argument("--out", default="leaderboard/lm", help="folder for the report and JSON")
+    p.add_argument("--checkpoint", help="search checkpoint (default: in --out)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_automixq)
 
     p = sub.add_parser("show", help="summarise a task's table and its provenance",
                        description="Verify and summarise a built table.")

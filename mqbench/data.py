@@ -1,7 +1,9 @@
 """Datasets as uint8 image tensors plus labels, for bundled (offline) and real tasks.
 
-Every loader returns `Split(x uint8 [N,C,H,W], y int64 [N])`; normalisation happens per batch
-on the way into the model, so ImageNet-sized evaluation sets stay 4x smaller in memory.
+Every image loader returns `Split(x uint8 [N,C,H,W], y int64 [N])`; text loaders (see
+`mqbench.lm`) return token windows `Split(x int64 [N,L], y int64 [N,L])`. Normalisation
+happens per batch on the way into the model, so ImageNet-sized evaluation sets stay 4x
+smaller in memory.
 Missing data is a one-line error that says how to provide it.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from mqbench.errors import MqbenchError
-from mqbench.tasks import DataSpec
+from mqbench.tasks import TEXT_DATASETS, DataSpec
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -61,16 +63,25 @@ def normalization(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor]:
     The task's own `data.mean`/`data.std` win over the dataset's statistics: a pretrained
     checkpoint must see inputs normalised the way it was trained.
     """
+    if spec.dataset in TEXT_DATASETS:  # token ids are not normalised
+        return torch.zeros(1), torch.ones(1)
     mean, std = (spec.mean, spec.std) if spec.mean else _STATS[spec.dataset]
     return (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
 
 
 def num_classes(spec: DataSpec) -> int:
+    """Output classes: the label count, or the tokenizer's vocabulary for text tasks."""
+    if spec.dataset in TEXT_DATASETS:
+        from mqbench.lm.tokenize import vocab_size
+
+        return vocab_size(spec)
     return _CLASSES[spec.dataset]
 
 
 def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> normalised float input."""
+    """uint8 images -> normalised float input (token ids pass through unchanged)."""
+    if not x.dtype.is_floating_point and x.dtype != torch.uint8:
+        return x
     return (x.float().div_(255.0) - mean) / std
 
 
@@ -80,11 +91,24 @@ def load_split(spec: DataSpec, split: str, n: int = 0, seed: int = 0) -> Split:
     Large datasets decode only the chosen images, so a 1,024-image calibration set never
     reads the whole ImageNet training folder.
     """
+    if spec.dataset in TEXT_DATASETS:
+        return _text(spec, split).subset(n, seed)
     if spec.dataset in ("imagenet-folder", "imagenet-hf"):
         loader = _imagenet_folder if spec.dataset == "imagenet-folder" else _imagenet_hf
         return loader(spec, split, n, seed)
     loader = {"digits": _digits, "fashion-mnist": _fashion_mnist, "cifar10": _cifar10}
     return loader[spec.dataset](spec, split).subset(n, seed)
+
+
+def _text(spec: DataSpec, split: str) -> Split:
+    """Token windows of a text split: x = tokens [N, seq_len], y = the next tokens."""
+    from mqbench.lm import corpus, tokenize
+
+    corpus.check_pinned(spec)
+    split = "validation" if split == "val" else split
+    x, y = corpus.windows(tokenize.token_stream(spec, split), spec.seq_len,
+                          f"the {split} split of {spec.dataset}")
+    return Split(x, y)
 
 
 def _digits(spec: DataSpec, split: str) -> Split:

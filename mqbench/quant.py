@@ -18,6 +18,13 @@ Exact scheme (any change here is a change of every table: bump the tasks' versio
   range scaled by the α ∈ {0.30, 0.32, …, 1.00} minimising the squared error on up to 2^18
   calibration values sampled per layer ("mse"). Calibration runs the full-precision (folded)
   model, so activation ranges do not depend on the other layers' bit-widths.
+* Group-wise weights (LM tasks, `quant.group_size = g > 0`, as GPTQ/AWQ's defaults and
+  AutoMixQ's Eq. 1): each output row is cut into groups of g consecutive input channels (a
+  shorter last group if g does not divide the row); per group, asymmetric with 2^b levels:
+  s = (hi−lo)/(2^b−1), z = clamp(round(−lo/s), 0, 2^b−1),
+  ŵ = (clamp(round(w/s) + z, 0, 2^b−1) − z)·s, with [lo, hi] = α·[min w, max w] over the
+  group; α = 1 ("max") or the α ∈ {0.01, …, 1.00} minimising the group's squared error
+  ("mse"). Activations stay float in weight-only tasks (act_bits = [32]).
 * Bit-width 32 means "leave in float". Weights of each (layer, bit-width) are quantized once
   and swapped in per configuration, which is what makes evaluating a configuration cost
   about one forward pass.
@@ -61,10 +68,58 @@ def weight_scale(w: torch.Tensor, bits: int, clip: str = "mse") -> torch.Tensor:
     return best
 
 
-def quantize_weight(w: torch.Tensor, bits: int, clip: str = "mse") -> torch.Tensor:
+def _group_fq(g: torch.Tensor, bits: int, clip: str) -> torch.Tensor:
+    """Asymmetric fake quantization of each row of g [groups, size] (see the module doc)."""
+    levels = 2**bits - 1
+    lo, hi = g.amin(dim=1), g.amax(dim=1)
+
+    def fq(alpha):
+        a_lo, a_hi = alpha * lo, alpha * hi
+        s = ((a_hi - a_lo) / levels).clamp_min(1e-8)
+        z = torch.clamp(torch.round(-a_lo / s), 0, levels)
+        q = torch.clamp(torch.round(g / s[:, None]) + z[:, None], 0, levels)
+        return (q - z[:, None]) * s[:, None]
+
+    if clip == "max":
+        return fq(1.0)
+    best, best_err = None, None
+    for alpha in WEIGHT_ALPHAS.tolist():
+        out = fq(alpha)
+        err = (out - g).pow(2).sum(dim=1)
+        if best is None:
+            best, best_err = out, err
+        else:
+            better = err < best_err
+            best = torch.where(better[:, None], out, best)
+            best_err = torch.where(better, err, best_err)
+    return best
+
+
+def quantize_groups(w: torch.Tensor, bits: int, group_size: int,
+                    clip: str = "max") -> torch.Tensor:
+    """Group-wise asymmetric fake quantization of a 2-D weight along its input dimension."""
+    if w.dim() != 2:
+        raise MqbenchError(f"group-wise quantization needs a 2-D (Linear) weight, got shape "
+                           f"{tuple(w.shape)}")
+    flat = w.detach().float()
+    out = torch.empty_like(flat)
+    cols = flat.shape[1]
+    full = cols // group_size * group_size
+    if full:
+        rows = flat[:, :full].reshape(-1, group_size)
+        out[:, :full] = _group_fq(rows, bits, clip).view(flat.shape[0], full)
+    if full < cols:  # ragged last group
+        out[:, full:] = _group_fq(flat[:, full:], bits, clip)
+    return out.to(w.dtype)
+
+
+def quantize_weight(w: torch.Tensor, bits: int, clip: str = "mse",
+                    group_size: int = 0) -> torch.Tensor:
     """Fake-quantized copy of a weight tensor (same shape and dtype); bits=32 returns w."""
     if bits >= FP:
         return w.detach().clone()
+    if group_size > 0:
+        return quantize_groups(w, bits, group_size, clip)
     half = 2 ** (bits - 1)
     s = weight_scale(w, bits, clip).view(-1, *([1] * (w.dim() - 1)))
     return (torch.clamp(torch.round(w.detach().float() / s), -half, half - 1) * s).to(w.dtype)
@@ -190,7 +245,7 @@ class QuantizedModel:
 def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
             weight_bits, act_bits, weight_clip: str = "mse", act_clip: str = "mse",
             fold_bn: bool = True, seed: int = 0, batch_size: int = 256,
-            device: torch.device | str = "cpu") -> QuantizedModel:
+            device: torch.device | str = "cpu", group_size: int = 0) -> QuantizedModel:
     """Fold, calibrate and pre-quantize `model` for the given bit choices (model untouched).
 
     `calibration` is a normalised float input batch; activation value samples are drawn
@@ -218,12 +273,14 @@ def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
             st[2].append(x[torch.randint(x.numel(), (k,), generator=gen).to(x.device)].cpu())
         return hook
 
-    handles = [folded.get_submodule(n).register_forward_pre_hook(observe(n)) for n in layers]
-    with torch.inference_mode():
-        for i in range(0, len(calibration), batch_size):
-            folded(calibration[i:i + batch_size].to(device).contiguous(memory_format=fmt))
-    for h in handles:
-        h.remove()
+    if any(b < FP for b in act_bits):  # weight-only tasks need no calibration pass
+        handles = [folded.get_submodule(n).register_forward_pre_hook(observe(n))
+                   for n in layers]
+        with torch.inference_mode():
+            for i in range(0, len(calibration), batch_size):
+                folded(calibration[i:i + batch_size].to(device).contiguous(memory_format=fmt))
+        for h in handles:
+            h.remove()
 
     for name in layers:
         module = folded.get_submodule(name)
@@ -231,7 +288,7 @@ def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
         qm.weights[(name, FP)] = fp
         for b in weight_bits:
             if b < FP:
-                w = quantize_weight(fp, b, weight_clip)
+                w = quantize_weight(fp, b, weight_clip, group_size)
                 qm.weights[(name, b)] = nn.Parameter(
                     w.contiguous(memory_format=fmt) if w.dim() == 4 else w, requires_grad=False)
         lo, hi, samples = stats[name]

@@ -33,7 +33,7 @@ def _hvp_setup(model: nn.Module, modules, x, y):
     params = [model.get_submodule(m).weight for m in modules]
     for p in params:
         p.requires_grad_(True)
-    loss = F.cross_entropy(model(x), y)
+    loss = F.cross_entropy(model(x), y.reshape(-1))  # LM tasks: per token
     grads = torch.autograd.grad(loss, params, create_graph=True)
     return params, grads
 
@@ -202,7 +202,7 @@ class Stats:
             params = [model.get_submodule(m).weight for m in self.modules]
             for p in params:
                 p.requires_grad_(True)
-            g = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+            g = torch.autograd.grad(F.cross_entropy(model(x), y.reshape(-1)), params)
             return {m: t.detach() for m, t in zip(self.modules, g)}
         return self._cached("gradients", compute)
 

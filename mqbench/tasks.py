@@ -39,13 +39,14 @@ class ModelSpec:
     """Which network: an architecture and where its weights come from."""
 
     arch: str
-    source: str = "train"  # train | torchvision | timm
+    source: str = "train"  # train | torchvision | timm | hf (causal LMs: hub id or folder)
     pretrained: bool = True  # for torchvision/timm; false gives random init (tests only)
     width: int = 16  # base width of the project's own CNNs
     depth: int = 4  # transformer depth of the project's own ViT
     dim: int = 64
     heads: int = 4
     patch: int = 4
+    ffn: int = 0  # MLP width of the project's own Llama; 0 = 3 x dim
     train: TrainSpec = field(default_factory=TrainSpec)
 
 
@@ -53,15 +54,22 @@ class ModelSpec:
 class DataSpec:
     """Dataset, splits and how many samples calibration and evaluation use."""
 
-    dataset: str  # digits | fashion-mnist | cifar10 | imagenet-folder | imagenet-hf
+    dataset: str  # digits | fashion-mnist | cifar10 | imagenet-folder | imagenet-hf |
+    #              python-docs | wikitext2 (text: the task is a causal LM)
     root: str = ""  # data folder; empty = the dataset's default lookup
-    hf_name: str = ""  # Hugging Face dataset id for imagenet-hf
+    hf_name: str = ""  # Hugging Face dataset id for imagenet-hf / wikitext2
+    hf_config: str = ""  # Hugging Face dataset configuration (wikitext2: wikitext-2-raw-v1)
     calibration_samples: int = 256
     eval_split: str = "test"
     eval_samples: int = 2000  # 0 = the whole split
     image_size: int = 0  # 0 = the dataset's native size
     mean: tuple[float, ...] = ()  # channel statistics the model expects; () = the dataset's
     std: tuple[float, ...] = ()
+    # Text tasks: samples are windows of seq_len tokens; calibration/eval counts are windows.
+    seq_len: int = 0
+    tokenizer: str = ""  # "" = a BPE tokenizer trained by mqbench on the train split
+    vocab_size: int = 0  # size of that trained tokenizer
+    corpus_sha256: str = ""  # pins the corpus the task was built on ("" = not pinned)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class QuantSpec:
     weight_clip: str = "mse"  # mse | max
     act_clip: str = "mse"  # mse | minmax
     fold_bn: bool = True
+    group_size: int = 0  # >0: group-wise asymmetric weights along the input dim (LM tasks)
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,21 @@ class HarnessSpec:
 
 
 @dataclass(frozen=True)
+class AutoMixQSpec:
+    """AutoMixQ search settings (LM tasks): protection fractions and Algorithm 1 sizes."""
+
+    budgets: tuple[float, ...] = (3.0, 3.25, 3.5, 3.75)  # average weight bits
+    fractions: tuple[float, ...] = (0.25, 0.5)  # input channels kept at 4 bits in a mixed weight
+    samples: int = 16  # N: candidate configurations per cycle
+    elites: int = 4  # E: best candidates kept as the next cycle's starting points
+    step: int = 2  # n: weights perturbed per candidate
+    alpha: float = 1.0  # loss = CE + alpha * T^2 * KL(fp || quantized)
+    temperature: float = 2.0
+    aux_samples: int = 32  # windows of the validation split the search loss is computed on
+    max_cycles: int = 200
+
+
+@dataclass(frozen=True)
 class Task:
     """A validated benchmark task."""
 
@@ -112,6 +136,7 @@ class Task:
     seed: int = 0
     table: TableSpec = field(default_factory=TableSpec)
     harness: HarnessSpec = field(default_factory=HarnessSpec)
+    automixq: AutoMixQSpec = field(default_factory=AutoMixQSpec)
     path: str = ""  # where it was read from (not part of the file)
     checksum: str = ""  # sha256 of the file's bytes (not part of the file)
 
@@ -120,16 +145,26 @@ class Task:
         """Name and version: what caches and tables are keyed by."""
         return f"{self.name}-v{self.version}"
 
+    @property
+    def is_lm(self) -> bool:
+        """A causal language-model task (text data, weight-only quantization)."""
+        return self.data.dataset in TEXT_DATASETS
+
+
+TEXT_DATASETS = ("python-docs", "wikitext2")
+
 
 _CHOICES = {
-    ("model", "source"): ("train", "torchvision", "timm"),
+    ("model", "source"): ("train", "torchvision", "timm", "hf"),
     ("train", "optimizer"): ("sgd", "adamw"),
-    ("data", "dataset"): ("digits", "fashion-mnist", "cifar10", "imagenet-folder", "imagenet-hf"),
+    ("data", "dataset"): ("digits", "fashion-mnist", "cifar10", "imagenet-folder", "imagenet-hf",
+                          *TEXT_DATASETS),
     ("quant", "weight_clip"): ("mse", "max"),
     ("quant", "act_clip"): ("mse", "minmax"),
 }
 _SECTION_NAMES = {ModelSpec: "model", TrainSpec: "train", DataSpec: "data", QuantSpec: "quant",
-                  TableSpec: "table", HarnessSpec: "harness", Task: "task"}
+                  TableSpec: "table", HarnessSpec: "harness", AutoMixQSpec: "automixq",
+                  Task: "task"}
 
 
 def _coerce(value, tp, where: str):
@@ -180,9 +215,10 @@ def _build(cls, raw: dict, where: str):
 def _check(task: Task, where: str) -> None:
     q = task.quant
     for label, bits in (("weight_bits", q.weight_bits), ("act_bits", q.act_bits)):
-        bad = [b for b in bits if not 1 <= b <= 16]
+        bad = [b for b in bits if not (1 <= b <= 16 or b == 32)]
         if bad:
-            raise MqbenchError(f"{where}.quant.{label}: bit-widths must be in 1..16, got {bad}")
+            raise MqbenchError(f"{where}.quant.{label}: bit-widths must be in 1..16 (or 32 = "
+                               f"float), got {bad}")
         if list(bits) != sorted(set(bits)):
             raise MqbenchError(f"{where}.quant.{label}: list bit-widths ascending, no repeats")
     for name, value in (("version", task.version), ("table.configs", task.table.configs),
@@ -195,8 +231,34 @@ def _check(task: Task, where: str) -> None:
     if len(d.mean) != len(d.std) or any(v <= 0 for v in d.std):
         raise MqbenchError(f"{where}.data: give mean and std together, one positive std per "
                            f"channel (got mean {list(d.mean)}, std {list(d.std)})")
+    if task.is_lm:
+        _check_lm(task, where)
     if not 0.0 <= task.harness.alpha <= 1.0:
         raise MqbenchError(f"{where}.harness.alpha: must be in [0, 1], got {task.harness.alpha}")
+
+
+def _check_lm(task: Task, where: str) -> None:
+    d, m, a = task.data, task.model, task.automixq
+    if d.seq_len < 2:
+        raise MqbenchError(f"{where}.data.seq_len: a text task needs a context length >= 2")
+    if not ((m.source == "train" and m.arch == "llama") or m.source == "hf"):
+        raise MqbenchError(f"{where}.model: a text task needs source = 'train' with arch = "
+                           f"'llama', or source = 'hf' with arch = a hub id or model folder")
+    if m.source == "train" and not d.tokenizer and d.vocab_size < 260:
+        raise MqbenchError(f"{where}.data.vocab_size: give the size (>= 260) of the BPE "
+                           f"tokenizer mqbench trains, or data.tokenizer = a model's tokenizer")
+    if task.quant.group_size < 0:
+        raise MqbenchError(f"{where}.quant.group_size: must be >= 0")
+    lo, hi = min(task.quant.weight_bits), max(task.quant.weight_bits)
+    for b in (*a.budgets, *task.harness.budgets):
+        if not lo <= b <= hi:
+            raise MqbenchError(f"{where}: budget {b} average bits is outside the task's "
+                               f"weight bit choices [{lo}, {hi}]")
+    if not all(0.0 < f < 1.0 for f in a.fractions):
+        raise MqbenchError(f"{where}.automixq.fractions: each must be in (0, 1)")
+    if a.samples < 1 or a.elites < 1 or a.step < 1 or a.aux_samples < 1:
+        raise MqbenchError(f"{where}.automixq: samples, elites, step and aux_samples must be "
+                           f">= 1")
 
 
 def parse_task(text: str, source: str = "<string>") -> Task:

@@ -85,7 +85,7 @@ def train_model(model: nn.Module, data: Split, mean, std, spec, seed: int,
                 if spec.flip:
                     flip = torch.rand(len(idx), generator=gen) < 0.5
                     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-                loss = loss_fn(model(x), data.y[idx])
+                loss = loss_fn(model(x), data.y[idx].reshape(-1))  # LM: one label per token
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,0 +1,332 @@
+"""Language-model tasks: corpus splits, tokenizer, group-wise quantizer, perplexity, tables.
+
+A tiny Llama task runs on text Python itself ships (`pydoc_data.topics`, written out as
+.txt files), so these tests need neither Debian's python3.11-doc nor a network.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mqbench.errors import MqbenchError
+
+TINY_LM = """
+name = "{name}"
+version = 1
+seed = 0
+description = "tiny LM test task"
+[model]
+arch = "llama"
+source = "train"
+dim = 32
+depth = 2
+heads = 2
+ffn = 64
+[model.train]
+epochs = 1
+max_steps = 40
+batch_size = 8
+lr = 3e-3
+optimizer = "adamw"
+weight_decay = 0.0
+flip = false
+[data]
+dataset = "python-docs"
+root = "{root}"
+seq_len = {seq_len}
+vocab_size = 300
+calibration_samples = 8
+eval_split = "test"
+eval_samples = 12
+[quant]
+weight_bits = [2, 3, 4]
+act_bits = [32]
+layers = ["lm.model.layers.*"]
+weight_clip = "max"
+fold_bn = false
+group_size = 16
+[table]
+configs = 12
+strata = 4
+noise_configs = 3
+batch_size = 4
+[harness]
+budgets = [3.0, 3.5]
+calibration_batch = 4
+[automixq]
+budgets = [3.5, 3.0]
+fractions = [0.25]
+samples = 4
+elites = 2
+step = 3
+aux_samples = 4
+"""
+
+
+def _corpus(folder: Path) -> Path:
+    """Real English text shipped with Python: the pydoc topic help, one file per topic."""
+    from pydoc_data.topics import topics
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in sorted(topics.items()):
+        (folder / f"{name}.txt").write_text(text)
+    return folder
+
+
+@pytest.fixture
+def lm_env(tmp_path, monkeypatch):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    root = _corpus(tmp_path / "corpus")
+    (tasks / "tinylm.toml").write_text(TINY_LM.format(name="tinylm", root=root, seq_len=32))
+    monkeypatch.setenv("MQBENCH_TASKS", str(tasks))
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
+    return tasks
+
+
+# ------------------------------------------------------------------ quantizer
+def test_group_quantizer_hand_computed():
+    from mqbench.quant import quantize_groups
+
+    # One group [0, 1, 2, 3] at 2 bits: s = (3-0)/3 = 1, z = 0 -> exact.
+    w = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    assert torch.equal(quantize_groups(w, 2, 4), w)
+    # [-1, 0, 0.4, 2] at 2 bits: s = 3/3 = 1, z = round(1/1) = 1:
+    # q = clamp(round(w) + 1, 0, 3) = [0, 1, 1, 3] -> (q - 1) * 1 = [-1, 0, 0, 2].
+    w = torch.tensor([[-1.0, 0.0, 0.4, 2.0]])
+    assert torch.allclose(quantize_groups(w, 2, 4), torch.tensor([[-1.0, 0.0, 0.0, 2.0]]))
+    # Two groups of 2 with their own ranges; third column group is the ragged tail.
+    w = torch.tensor([[0.0, 0.3, 10.0, 13.0, 5.0]])
+    out = quantize_groups(w, 1, 2)  # 1 bit: each group keeps {min, max}-ish levels
+    # group [0, .3]: s = .3, z = 0, q = [0, 1] -> [0, .3]; group [10, 13]: s = 3,
+    # z = clamp(round(-10/3), 0, 1) = 0, q = clamp(round([3.33, 4.33]), 0, 1) = [1, 1] -> [3, 3];
+    # tail [5]: s = max(0, 1e-8) -> z = 0, q = clamp(round(5/1e-8), 0, 1) = 1 -> 1e-8.
+    assert torch.allclose(out[0, :4], torch.tensor([0.0, 0.3, 3.0, 3.0]))
+    assert out[0, 4] < 1e-6
+    # More bits never hurt on a random weight; 16 groups of 8 rows.
+    w = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
+    errs = [float((quantize_groups(w, b, 32) - w).pow(2).sum()) for b in (2, 3, 4, 8)]
+    assert errs == sorted(errs, reverse=True) and errs[-1] < 1e-3 * errs[0]
+    # MSE clipping is never worse than min-max per group.
+    assert (quantize_groups(w, 2, 32, "mse") - w).pow(2).sum() <= \
+        (quantize_groups(w, 2, 32, "max") - w).pow(2).sum()
+
+
+def test_group_quantizer_matches_reference_formula():
+    """Independent re-statement of the per-group formula (AutoMixQ Eq. 1-2, AWQ's RTN)."""
+    from mqbench.quant import quantize_groups
+
+    w = torch.randn(4, 48, generator=torch.Generator().manual_seed(3))
+    got = quantize_groups(w, 3, 16)
+    for r in range(4):
+        for g0 in range(0, 48, 16):
+            g = w[r, g0:g0 + 16].double()
+            s = (g.max() - g.min()) / 7
+            z = min(max(round(float(-g.min() / s)), 0), 7)
+            ref = (torch.clamp(torch.round(g / s) + z, 0, 7) - z) * s
+            assert torch.allclose(got[r, g0:g0 + 16].double(), ref, atol=1e-5)
+
+
+def test_protection_strategies():
+    from mqbench.lm.automixq import Option, options, protected_channels
+
+    s = torch.tensor([5.0, 1.0, 9.0, 3.0, 7.0, 0.5, 2.0, 8.0])
+    top = protected_channels(s, 0.25, both_ends=False)
+    assert top.nonzero().flatten().tolist() == [2, 7]  # 9 and 8
+    both = protected_channels(s, 0.5, both_ends=True)
+    assert sorted(both.nonzero().flatten().tolist()) == [1, 2, 5, 7]  # 9, 8 and 0.5, 1
+    assert Option(2, 1, 0.25).avg_bits == 2.5 and Option(4).avg_bits == 4.0
+    opts = options([0.25])
+    assert [o.key for o in opts][0] == "w4" and opts[-1].key == "w2" and len(opts) == 6
+
+
+def test_mixed_weight_protects_the_right_columns():
+    from mqbench.lm.automixq import mixed_weight
+    from mqbench.quant import quantize_groups
+
+    w = torch.randn(6, 32, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(32, dtype=torch.bool)
+    mask[[0, 5, 9, 31]] = True
+    out = mixed_weight(w, mask, 16, "max")
+    assert torch.allclose(out[:, mask], quantize_groups(w[:, mask], 4, 16))
+    assert torch.allclose(out[:, ~mask], quantize_groups(w[:, ~mask], 2, 16))
+
+
+# ------------------------------------------------------------------ data
+def test_corpus_split_by_file_and_windows(lm_env, tmp_path):
+    from mqbench.lm import corpus
+    from mqbench.tasks import load_task
+
+    spec = load_task("tinylm").data
+    files = {s: {p.name for p in corpus.docs_files(spec, s)} for s in corpus.SPLITS}
+    assert not (files["train"] & files["test"]) and not (files["train"] & files["validation"])
+    assert sum(len(f) for f in files.values()) == 79
+    m1 = corpus.corpus_manifest(spec)
+    assert m1["train"]["files"] == len(files["train"])
+    x, y = corpus.windows(np.arange(100), 16, "demo")
+    assert x.shape == (6, 16) and torch.equal(x[:, 1:], y[:, :-1]) and y[-1, -1] == 96
+    with pytest.raises(MqbenchError, match="too short for one window"):
+        corpus.windows(np.arange(10), 16, "demo")
+
+
+def test_text_too_short_for_context_is_one_line(lm_env):
+    from mqbench import data as D
+    from mqbench.tasks import load_task
+
+    root = load_task("tinylm").data.root
+    (lm_env / "longctx.toml").write_text(TINY_LM.format(name="longctx", root=root,
+                                                        seq_len=100000))
+    with pytest.raises(MqbenchError, match="too short for one window of data.seq_len"):
+        D.load_split(load_task("longctx").data, "test")
+
+
+def test_missing_corpus_and_bad_fields_are_one_line(lm_env, tmp_path):
+    from mqbench import data as D
+    from mqbench.tasks import load_task, parse_task
+
+    text = TINY_LM.format(name="x", root=tmp_path / "nowhere", seq_len=32)
+    with pytest.raises(MqbenchError, match="apt-get install python3.11-doc"):
+        D.load_split(parse_task(text).data, "train")
+    with pytest.raises(MqbenchError, match="outside the task's weight bit choices"):
+        parse_task(text.replace("budgets = [3.5, 3.0]", "budgets = [4.5]"))
+    with pytest.raises(MqbenchError, match="seq_len"):
+        parse_task(text.replace("seq_len = 32", "seq_len = 0"))
+    pinned = text.replace('seq_len = 32', 'seq_len = 32\ncorpus_sha256 = "00ff"').replace(
+        "nowhere", "corpus")
+    with pytest.raises(MqbenchError, match="not the one this task was built on"):
+        D.load_split(parse_task(pinned).data, "train")
+
+
+def test_tokenizer_is_deterministic_and_cached(lm_env):
+    from mqbench.lm import tokenize
+    from mqbench.tasks import load_task
+
+    spec = load_task("tinylm").data
+    enc, info = tokenize.load_tokenizer(spec)
+    a = tokenize.token_stream(spec, "test")
+    assert enc.vocab_size == 300 and a.max() < 300
+    sha = info["tokenizer_sha256"]
+    import shutil
+
+    shutil.rmtree(tokenize.text_dir(spec))
+    enc2, info2 = tokenize.load_tokenizer(spec)
+    assert info2["tokenizer_sha256"] == sha
+    assert np.array_equal(tokenize.token_stream(spec, "test"), a)
+
+
+# ------------------------------------------------------------------ model and evaluation
+def test_perplexity_matches_transformers(lm_env):
+    """Our per-token evaluator against transformers' own shifted-label loss."""
+    from mqbench.bench import open_bench
+    from mqbench.tasks import load_task
+
+    bench = open_bench(load_task("tinylm"), progress=False)
+    ev = bench.evaluator(0)
+    split = bench.eval_split
+    lm = bench.model.lm
+    losses = []
+    with torch.no_grad():
+        for x, y in zip(split.x, split.y):
+            ids = torch.cat([x, y[-1:]])[None]  # the window plus its last next token
+            losses.append(float(lm(input_ids=ids, labels=ids).loss))
+    assert math.isclose(ev.fp_metrics.loss, float(np.mean(losses)), rel_tol=1e-5)
+    # Quantized: 4 bits is closer to float than 2 bits, in loss and KL.
+    m2, m4 = (ev.evaluate(bench.space.uniform(b)) for b in (2, 4))
+    assert m4.kl < m2.kl and abs(m4.loss - ev.fp_metrics.loss) < abs(m2.loss - ev.fp_metrics.loss)
+    assert len(bench.space.units) == 14  # 2 blocks x (q, k, v, o, gate, up, down)
+
+
+def test_weights_are_deterministic(lm_env, tmp_path, monkeypatch):
+    from mqbench.bench import open_bench
+    from mqbench.tasks import load_task
+
+    a = open_bench(load_task("tinylm"), progress=False).weights_manifest["checksum"]
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache2"))
+    b = open_bench(load_task("tinylm"), progress=False).weights_manifest["checksum"]
+    assert a == b
+
+
+def test_lm_table_and_proxies(lm_env):
+    """The LM task goes through the same table, proxy and harness machinery as vision."""
+    from mqbench.harness import EvalOptions, evaluate_proxy
+    from mqbench.proxy import get_proxy
+    from mqbench.table import build_table
+    from mqbench.tasks import load_task
+
+    task = load_task("tinylm")
+    build_table(task, progress=False)
+    from mqbench.table import load_table
+
+    table = load_table(task)
+    kinds = table.rows.kind.value_counts().to_dict()
+    assert kinds["layer"] == 2 * 14 * 0 + 14 * 3 and kinds["uniform"] == 3 + 3
+    noise = table.rows[table.rows.cal_seed == task.table.noise_seed]
+    assert len(noise) == 3 + 3  # uniform + noise configs, on other evaluation windows
+    for name in ("hawqv2", "weight_norm", "tap"):
+        rec = evaluate_proxy(get_proxy(name), task,
+                             EvalOptions(progress=False, bootstrap=50))
+        assert rec["n_configs"] == len(table.configs())
+        assert {d["budget_avg_bits"] for d in rec["downstream"]} == {3.0, 3.5}
+
+
+# ------------------------------------------------------------------ AutoMixQ
+def test_distill_loss_by_hand():
+    from mqbench.lm.automixq import distill_loss
+
+    q = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    fp = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 0.0]])
+    y = torch.tensor([0, 1])
+    t, a = 2.0, 1.0
+    ce = -sum(float(torch.log_softmax(q[i], 0)[y[i]]) for i in range(2))
+    p, lq = torch.softmax(fp / t, -1), torch.log_softmax(q / t, -1)
+    kl = float((p * (p.log() - lq)).sum())
+    assert math.isclose(distill_loss(q, fp, y, a, t), ce + a * t * t * kl, rel_tol=1e-6)
+
+
+def test_automixq_search_resume_and_report(lm_env, tmp_path):
+    import dataclasses
+
+    from mqbench.bench import open_bench
+    from mqbench.lm.automixq import Search
+    from mqbench.lm.compare import compare, markdown, random_mixed
+    from mqbench.tasks import load_task
+
+    task = load_task("tinylm")
+    bench = open_bench(task, progress=False)
+    search = Search(bench, progress=False)
+    full = search.run(tmp_path / "a.json")
+    assert set(full.found) == {"3.5", "3"}
+    for b, f in full.found.items():
+        assert f["avg_bits"] <= float(b) + 1e-9
+        assert math.isclose(search.avg_bits(f["config"]), f["avg_bits"])
+    losses = [h["loss"] for h in full.history]
+    assert len(losses) == full.cycle and full.evaluations <= full.cycle * 4
+    # Interrupted after 2 cycles, then resumed: the same search, cycle for cycle.
+    short = dataclasses.replace(task, automixq=dataclasses.replace(task.automixq, max_cycles=2))
+    s2 = Search(open_bench(short, progress=False), progress=False)
+    part = s2.run(tmp_path / "b.json")
+    assert part.cycle == 2
+    resumed = search.run(tmp_path / "b.json", resume=True)
+    assert resumed.found == full.found and resumed.history == full.history
+    # A random baseline is within budget; the report has Table 1's rows.
+    keys = random_mixed(search, 3.0, 0)
+    assert search.avg_bits(keys) <= 3.0 + 1e-9 and set(keys) <= {"w2", "w4"}
+    result = compare(search, full, [], random_seeds=2)
+    methods = [r["method"] for r in result["rows"]]
+    assert methods[0] == "FP" and methods[-1] == "AutoMixQ" and "Uniform" in methods
+    assert "W3.5A16" in markdown(result)
+
+
+def test_automixq_bad_input(lm_env, tmp_path):
+    from mqbench.cli import main
+
+    (tmp_path / "x.json").write_text("{not json")
+    assert main(["automixq", "--task", "tinylm", "--budgets", "1.5", "--quiet"]) == 2
+    assert main(["automixq", "--task", "tiny-nonexistent", "--quiet"]) == 2
+    assert main(["automixq", "--task", "tinylm", "--quiet", "--resume", "--checkpoint",
+                 str(tmp_path / "x.json")]) == 2
