@@ -71,7 +71,8 @@ def _build(path, sft_steps: int):
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
         tie_word_embeddings=False))
-    examples = [(init, GOOD), (init, NO_CODE), (mutate, GOOD2), (mutate, SYNTAX)]
+    examples = [(init, GOOD), (init, GOOD2), (init, NO_CODE), (mutate, GOOD), (mutate, GOOD2),
+                (mutate, SYNTAX)]
     seqs = [answer_ids(tok, m, a) for m, a in examples]
     width = max(len(p) + len(a) for p, a in seqs)
     x = torch.full((len(seqs), width), tok.pad_token_id)

@@ -5,7 +5,8 @@ dispreferred answer compete on equal terms): the chosen child must be valid and 
 rejected one by at least a fitness margin (an invalid, −inf child can be rejected, never
 chosen), and near-duplicate answers are dropped (they teach nothing but noise). One update
 loads the base model with the current adapter (a fresh LoRA adapter the first time), runs
-`trl.DPOTrainer` on CPU, and saves the adapter with `save_pretrained`; the generator then
+`trl.DPOTrainer` (CPU-friendly: small LoRA rank, no activation checkpointing; a GPU when
+there is one), and saves the adapter with `save_pretrained`; the generator then
 continues from it. `GeneratorDPO` is the loop hook that does this every K generations and
 keeps the adapter and the update statistics in the loop's checkpoint.
 """
@@ -116,10 +117,10 @@ def logp_margins(model, tok, pairs: list[Pair]) -> np.ndarray:
 
     def logp(messages, answer) -> float:
         p, a = answer_ids(tok, messages, answer)
-        x = torch.tensor([p + a])
+        x = torch.tensor([p + a], device=model.device)
         logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, len(p) - 1:-1]
-        return float(torch.log_softmax(logits.double(), -1)[torch.arange(len(a)),
-                                                              torch.tensor(a)].sum())
+        logp = torch.log_softmax(logits.double(), -1).cpu()
+        return float(logp[torch.arange(len(a)), torch.tensor(a)].sum())
 
     was_training = model.training
     model.eval()  # no LoRA dropout: the margin is a deterministic function of the weights
@@ -194,7 +195,8 @@ def dpo_update(model_path, adapter, pairs: list[Pair], out_dir: Path,
     args = DPOConfig(output_dir=str(scratch), beta=settings.beta,
                      learning_rate=settings.lr, num_train_epochs=settings.epochs,
                      per_device_train_batch_size=settings.batch_size, max_length=None,
-                     activation_checkpointing=False, use_cpu=True, bf16=False,
+                     activation_checkpointing=False, bf16=False,
+                     use_cpu=model.device.type == "cpu",
                      report_to="none", save_strategy="no", logging_strategy="no",
                      disable_tqdm=True, seed=settings.seed, data_seed=settings.seed)
     lora = None if adapter is not None else LoraConfig(

@@ -3,6 +3,7 @@
 The model and tokenizer are read from a directory on disk only (never the hub), optionally
 with a LoRA adapter (peft) that generator_dpo.py trains. Sampling is seeded per completion
 inside `torch.random.fork_rng`, so the global RNG is untouched; tokens are counted (cost 0).
+A GPU is used when present, else the CPU.
 Answers are cached on disk like OpenAIGenerator's, keyed also by the adapter's content hash,
 so a fine-tuned generator never replays the answers of the one before it.
 """
@@ -82,7 +83,11 @@ def require_peft():
 
 def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None = None,
                trainable: bool = False):
-    """(model, tokenizer) from local files only; the adapter, if any, is loaded with peft."""
+    """(model, tokenizer) from local files only; the adapter, if any, is loaded with peft.
+
+    The model goes to the GPU when there is one (in its stored dtype), else stays on the CPU
+    in float32 (half-precision matmuls are slow or missing there).
+    """
     path = Path(model_path).expanduser()
     how = ("pass --model a local directory holding config.json, the weights and the tokenizer "
            "(e.g. from `huggingface-cli download NAME --local-dir DIR`)")
@@ -94,12 +99,13 @@ def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None 
     import transformers
     from transformers.utils import logging as hf_logging
 
+    gpu = torch.cuda.is_available()
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a bar per adapter reload would drown the loop's own
     try:
         tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32)
+            path, local_files_only=True, dtype="auto" if gpu else torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise MqbenchError(f"cannot load a causal LM from {path}: {first}; {how}") from None
@@ -111,6 +117,8 @@ def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None 
                            f"tokenizer_config.json")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # generation pads nothing, but needs the id
+    if gpu:
+        model.to("cuda")
     if adapter is not None:
         peft = require_peft()
         model = peft.PeftModel.from_pretrained(model, Path(adapter), is_trainable=trainable)
@@ -175,10 +183,11 @@ class HFGenerator:
             # Absolute-position models crash past their table: keep the prompt's end, which
             # holds the task and the parents closest to it.
             ids = ids[-max(1, limit - self.max_new_tokens):]
-        x = torch.tensor([ids])
+        x = torch.tensor([ids], device=self.model.device)
         sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
                     if temperature > 0 else {"do_sample": False})
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        gpus = [self.model.device.index or 0] if self.model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus), torch.inference_mode():
             torch.manual_seed(seed)
             out = self.model.generate(x, attention_mask=torch.ones_like(x),
                                       max_new_tokens=self.max_new_tokens,

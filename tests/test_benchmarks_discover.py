@@ -1,0 +1,68 @@
+"""Speed benchmark of the discover path's isolation. Run:
+python -m pytest tests/test_benchmarks_discover.py -m benchmark --benchmark-enable
+
+Target (issue 5): isolation overhead per candidate < 50 ms, i.e. scoring a trivial valid
+proxy through the sandboxed worker (`llm_loop.score_code`: fork, confinement layers, limits,
+result through a pipe) minus doing the same steps in-process. Uses the bundled
+fmnist-resnet8 task when its data is installed (a realistic parent process to fork), else
+the tiny digits task of conftest.py.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+from mqbench.evolution.fitness import context, from_damage
+from mqbench.evolution.llm_loop import score_code
+from mqbench.proxy import Proxy, damage_matrix, load_proxy_file
+from mqbench.tasks import load_task
+
+pytestmark = pytest.mark.benchmark
+
+TRIVIAL = '''from mqbench.proxy import proxy
+
+@proxy(name="candidate", version=1, kind="layer")
+def candidate(stats):
+    return [float(stats.params[i]) for i in range(len(stats.modules))]
+'''
+
+
+def test_sandbox_overhead_per_candidate(benchmark, tiny_env, tmp_path):
+    from mqbench.data import FMNIST_SYSTEM_DIR
+
+    name = "fmnist-resnet8" if (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists() \
+        else "tiny"
+    ctx = context(load_task(name))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    def in_process():
+        # The same steps as score_code, without the worker process.
+        path = scratch / "cand_inproc.py"
+        path.write_text(TRIVIAL)
+        p = load_proxy_file(path)
+        damage, sens = damage_matrix(Proxy("candidate", 1, "", p.kind, None), p.fn(ctx.stats),
+                                     ctx.stats)
+        return from_damage(ctx, damage, sens, spearman=False).phi
+
+    def sandboxed():
+        return score_code(ctx, TRIVIAL, scratch, "bench", timeout=10.0, mem_mb=2048)
+
+    phi, why = sandboxed()
+    assert why == "" and phi == pytest.approx(in_process())  # same candidate, same fitness
+    local = []
+    for _ in range(20):
+        t = time.perf_counter()
+        in_process()
+        local.append(time.perf_counter() - t)
+    benchmark.pedantic(sandboxed, rounds=20, warmup_rounds=2)
+    overhead = benchmark.stats.stats.median - statistics.median(local)
+    benchmark.extra_info.update(in_process_s=statistics.median(local), overhead_s=overhead,
+                                task=name)
+    print(f"\n{name}: sandboxed {1000 * benchmark.stats.stats.median:.1f} ms vs in-process "
+          f"{1000 * statistics.median(local):.2f} ms per candidate -> isolation overhead "
+          f"{1000 * overhead:.1f} ms (target < 50 ms)")
+    assert overhead < 0.050
