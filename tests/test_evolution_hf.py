@@ -239,3 +239,30 @@ def test_bad_model_path_and_missing_trl_are_one_line_errors(tiny_llm, tmp_path, 
     assert "pip install -e '.[discover-hf]'" in err and len(err.splitlines()) == 1
     # without DPO the generator itself needs neither
     assert isinstance(HFGenerator(tiny_llm, max_new_tokens=4), HFGenerator)
+
+
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def test_a_chat_template_is_used_for_generation_and_dpo_alike(tiny_llm, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model_dir = tmp_path / "chat-llm"
+    shutil.copytree(tiny_llm, model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.chat_template = CHAT
+    tok.save_pretrained(model_dir)
+    gen = HFGenerator(model_dir, max_new_tokens=16)
+    msgs = LL.chat("Propose a proxy.")
+    expected = tok("<|system|>\n" + LL.SYSTEM + "<eos>\n<|user|>\nPropose a proxy.<eos>\n"
+                   "<|assistant|>\n", add_special_tokens=False)["input_ids"]
+    p, a = answer_ids(gen.tok, msgs, GOOD)
+    assert p == expected and a == tok(GOOD + "<eos>\n", add_special_tokens=False)["input_ids"]
+    (c,) = gen.complete(msgs, 1, temperature=1.0, seed=0)
+    assert c.prompt_tokens == len(expected)
+    pairs = [Pair(msgs, GOOD, NO_CODE, math.inf), Pair(msgs, GOOD2, SYNTAX, math.inf)]
+    stats = dpo_update(model_dir, None, pairs, tmp_path / "adapter")
+    assert stats.margin_after > stats.margin_before
