@@ -183,13 +183,26 @@ class Evaluator:
         for i, b in enumerate(self._batches()):
             yb = y[i * self.batch_size:(i + 1) * self.batch_size].reshape(-1)
             lq = F.log_softmax(model(b).float(), -1).cpu()
-            lp = (self.fp_logprobs[count:count + len(yb)] if self.fp_logprobs is not None
-                  else F.log_softmax(self._fp_model(b).float(), -1).cpu())
+            p, neg_entropy = self._fp_probs(i, b, count, len(yb))
             correct += float((lq.argmax(-1) == yb).sum())
             nll -= float(lq.gather(1, yb[:, None]).double().sum())
-            kl += float((lp.exp() * (lp - lq)).sum(-1).double().sum())
+            # KL(p || q) = sum p log p - sum p log q; the first term is the same every time.
+            kl += neg_entropy - float((p * lq).sum(-1).double().sum())
             count += len(yb)
         return Metrics(correct / count, nll / count, max(kl / count, 0.0))
+
+    def _fp_probs(self, i: int, batch, start: int, n: int) -> tuple[torch.Tensor, float]:
+        """Float next-token probabilities of batch i and their sum of p log p (memoised)."""
+        memo = self.__dict__.setdefault("_probs_memo", {})
+        if i in memo:
+            return memo[i]
+        lp = (self.fp_logprobs[start:start + n] if self.fp_logprobs is not None
+              else F.log_softmax(self._fp_model(batch).float(), -1).cpu())
+        p = lp.exp()
+        out = (p, float((p * lp).sum(-1).double().sum()))
+        if self.fp_logprobs is not None:  # small enough to keep (see __init__)
+            memo[i] = out
+        return out
 
     def _metrics(self, logprobs: torch.Tensor) -> Metrics:
         y = self.split.y

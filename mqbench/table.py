@@ -145,12 +145,25 @@ def _provenance(bench: Bench) -> dict[str, str]:
             "package_version": mqbench.__version__, "git_commit": _git_commit(),
             "torch_version": torch.__version__,
             "weights_checksum": bench.weights_manifest.get("checksum", "pretrained"),
-            "eval_samples": len(bench.eval_split), "units": ",".join(bench.space.units)}
+            "eval_samples": len(bench.eval_split), "units": ",".join(bench.space.units),
+            **_text_provenance(bench)}
+
+
+def _text_provenance(bench: Bench) -> dict[str, str]:
+    """LM tasks: which tokenizer and corpus the windows came from."""
+    if not bench.task.is_lm:
+        return {}
+    man = bench.weights_manifest
+    corpus = man.get("corpus", {})
+    return {"tokenizer_sha256": man.get("tokenizer_sha256", man.get("tokenizer", "")),
+            "corpus_sha256": ",".join(corpus[s]["sha256"] for s in ("train", "validation", "test")
+                                      if s in corpus)}
 
 
 def _check_provenance(stored: dict, bench: Bench, path: Path) -> None:
     fresh = _provenance(bench)
-    for key in ("task_version", "task_checksum", "seed", "weights_checksum", "units"):
+    for key in ("task_version", "task_checksum", "seed", "weights_checksum", "units",
+                "tokenizer_sha256"):
         if key in stored and stored[key] != str(fresh[key]):
             raise MqbenchError(f"table {path} was built with a different {key} than the "
                                f"current task; rebuild with `mqbench build {bench.task.name} "

@@ -47,6 +47,7 @@ class ModelSpec:
     heads: int = 4
     patch: int = 4
     ffn: int = 0  # MLP width of the project's own Llama; 0 = 3 x dim
+    dtype: str = "float32"  # source = "hf": weights' dtype (bfloat16 halves memory at 7B+)
     train: TrainSpec = field(default_factory=TrainSpec)
 
 
@@ -157,6 +158,7 @@ TEXT_DATASETS = ("python-docs", "wikitext2")
 _CHOICES = {
     ("model", "source"): ("train", "torchvision", "timm", "hf"),
     ("train", "optimizer"): ("sgd", "adamw"),
+    ("model", "dtype"): ("float32", "bfloat16", "float16"),
     ("data", "dataset"): ("digits", "fashion-mnist", "cifar10", "imagenet-folder", "imagenet-hf",
                           *TEXT_DATASETS),
     ("quant", "weight_clip"): ("mse", "max"),

@@ -330,3 +330,105 @@ def test_automixq_bad_input(lm_env, tmp_path):
     assert main(["automixq", "--task", "tiny-nonexistent", "--quiet"]) == 2
     assert main(["automixq", "--task", "tinylm", "--quiet", "--resume", "--checkpoint",
                  str(tmp_path / "x.json")]) == 2
+
+
+# ------------------------------------------------------------------ real (Hugging Face) tasks
+HF_TASK = """
+name = "{name}"
+version = 1
+[model]
+arch = "{model}"
+source = "hf"
+[data]
+dataset = "wikitext2"
+root = "{data}"
+tokenizer = "{model}"
+seq_len = 16
+calibration_samples = 4
+eval_split = "test"
+eval_samples = 0
+[quant]
+weight_bits = [2, 3, 4]
+act_bits = [32]
+layers = ["lm.model.layers.*"]
+weight_clip = "max"
+fold_bn = false
+group_size = 8
+[table]
+configs = 4
+noise_configs = 0
+batch_size = 4
+"""
+
+
+@pytest.fixture
+def hf_env(tmp_path, monkeypatch):
+    """A tiny Llama checkpoint + tokenizer and a WikiText-shaped dataset, all made locally."""
+    import datasets
+    from pydoc_data.topics import topics
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from mqbench.lm.tokenize import EOS, train_bpe
+
+    texts = [t for _, t in sorted(topics.items())]
+    tok = PreTrainedTokenizerFast(tokenizer_object=train_bpe("\n\n".join(texts[:40]), 300),
+                                  eos_token=EOS)
+    model_dir = tmp_path / "tiny-llama"
+    tok.save_pretrained(model_dir)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=2)).save_pretrained(model_dir)
+    lines = [line for t in texts for line in t.splitlines()]
+    data_dir = tmp_path / "wikitext"
+    datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": lines[i::3][:300]})
+                          for i, split in enumerate(("train", "validation", "test"))}
+                         ).save_to_disk(str(data_dir))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "hflm.toml").write_text(HF_TASK.format(name="hflm", model=model_dir, data=data_dir))
+    monkeypatch.setenv("MQBENCH_TASKS", str(tasks))
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_hf_task_loads_and_matches_transformers(hf_env):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mqbench.bench import open_bench
+    from mqbench.tasks import load_task
+
+    bench = open_bench(load_task("hflm"), progress=False)
+    assert len(bench.space.units) == 7
+    # Independent path: the same text through transformers' tokenizer and model directly.
+    import datasets
+
+    text = "\n\n".join(datasets.load_from_disk(str(hf_env / "wikitext"))["test"]["text"])
+    ids = AutoTokenizer.from_pretrained(hf_env / "tiny-llama")(
+        text, add_special_tokens=False)["input_ids"]
+    lm = AutoModelForCausalLM.from_pretrained(hf_env / "tiny-llama")
+    n = (len(ids) - 1) // 16
+    with torch.no_grad():
+        losses = [float(lm(input_ids=torch.tensor([ids[i * 16:i * 16 + 17]]),
+                           labels=torch.tensor([ids[i * 16:i * 16 + 17]])).loss)
+                  for i in range(n)]
+    ev = bench.evaluator(0)
+    assert len(bench.eval_split) == n
+    assert math.isclose(ev.fp_metrics.loss, float(np.mean(losses)), rel_tol=1e-5)
+    assert ev.evaluate(bench.space.uniform(2)).kl > ev.evaluate(bench.space.uniform(4)).kl
+
+
+def test_hf_task_missing_model_or_data_is_one_line(hf_env, capsys):
+    from mqbench.cli import main
+
+    tasks = hf_env / "tasks"
+    (tasks / "nomodel.toml").write_text(HF_TASK.format(
+        name="nomodel", model=hf_env / "absent-model", data=hf_env / "wikitext"))
+    (tasks / "nodata.toml").write_text(HF_TASK.format(
+        name="nodata", model=hf_env / "tiny-llama", data=hf_env / "absent-data"))
+    assert main(["measure", "nomodel", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "absent-model" in err
+    assert main(["measure", "nodata", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "save_to_disk" in err

@@ -11,18 +11,22 @@ import pytest
 
 from mqbench.bench import open_bench
 from mqbench.data import FMNIST_SYSTEM_DIR
+from mqbench.lm.corpus import PYTHON_DOCS_DIR
 from mqbench.space import BitConfig
 from mqbench.table import import_shipped, load_table
 from mqbench.tasks import load_task
 from mqbench.train import shipped_dir
 
-BUNDLED = ["fmnist-resnet8", "fmnist-vit"]
+BUNDLED = ["fmnist-resnet8", "fmnist-vit", "pydocs-llama"]
 
 
 def _need_shipped_and_data(task) -> None:
     if not (shipped_dir(task) / "table.parquet").exists():
         pytest.skip(f"no shipped artifacts for {task.key}")
-    if not (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists():
+    if task.is_lm:
+        if not PYTHON_DOCS_DIR.is_dir():
+            pytest.skip("Python docs not installed (apt-get install python3.11-doc)")
+    elif not (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
@@ -36,6 +40,8 @@ def test_shipped_table_rebuilds(name, tmp_path, monkeypatch):
     bench = open_bench(task, progress=False)  # verifies the shipped weights' checksum
     assert bench.weights_manifest["checksum"] == table.meta["weights_checksum"]
     assert len(table.configs()) >= 1000
+    if task.is_lm:  # the tokenizer is retrained from the corpus: it must come out the same
+        assert bench.weights_manifest["tokenizer_sha256"] == table.meta["tokenizer_sha256"]
     rows = table.rows[table.rows.cal_seed == task.seed]
     picks = [rows[rows.kind == k].iloc[0] for k in ("fp", "uniform", "layer", "sample")]
     ev = bench.evaluator(task.seed)
@@ -43,7 +49,7 @@ def test_shipped_table_rebuilds(name, tmp_path, monkeypatch):
         m = ev.evaluate(BitConfig.from_key(row.key))
         # Same numbers up to float summation order on another CPU: one flipped prediction
         # out of the evaluation set at most.
-        assert m.acc == pytest.approx(row.acc, abs=1.5 / len(bench.eval_split))
+        assert m.acc == pytest.approx(row.acc, abs=1.5 / bench.eval_split.y.numel())
         assert m.loss == pytest.approx(row.loss, rel=1e-4, abs=1e-6)
         assert m.kl == pytest.approx(row.kl, rel=1e-3, abs=1e-5)
 

@@ -48,11 +48,11 @@ def tiny_llama(spec, vocab_size: int, seq_len: int) -> CausalLM:
 
 
 def load_hf(spec) -> CausalLM:
-    """A pretrained Hugging Face causal LM from a local folder or the hub (float32, eval)."""
+    """A pretrained Hugging Face causal LM from a local folder or the hub (eval mode)."""
     try:
         from transformers import AutoModelForCausalLM
 
-        lm = AutoModelForCausalLM.from_pretrained(spec.arch, torch_dtype=torch.float32,
+        lm = AutoModelForCausalLM.from_pretrained(spec.arch, dtype=getattr(torch, spec.dtype),
                                                   attn_implementation="sdpa")
     except Exception as exc:
         raise MqbenchError(
