@@ -192,17 +192,19 @@ def dpo_update(model_path, adapter, pairs: list[Pair], out_dir: Path,
             for p in pairs]
     out_dir = Path(out_dir)
     scratch = out_dir.with_name(out_dir.name + ".trainer")
-    args = DPOConfig(output_dir=str(scratch), beta=settings.beta,
-                     learning_rate=settings.lr, num_train_epochs=settings.epochs,
-                     per_device_train_batch_size=settings.batch_size, max_length=None,
-                     activation_checkpointing=False, bf16=False,
-                     use_cpu=model.device.type == "cpu",
-                     report_to="none", save_strategy="no", logging_strategy="no",
-                     disable_tqdm=True, seed=settings.seed, data_seed=settings.seed)
     lora = None if adapter is not None else LoraConfig(
         r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
         target_modules="all-linear", task_type="CAUSAL_LM")
     with _global_rng_kept(), _quiet():
+        # gradient_checkpointing (renamed in transformers 5, still accepted): off, as
+        # recomputation costs more than it saves for LoRA on small models.
+        args = DPOConfig(output_dir=str(scratch), beta=settings.beta,
+                         learning_rate=settings.lr, num_train_epochs=settings.epochs,
+                         per_device_train_batch_size=settings.batch_size, max_length=None,
+                         gradient_checkpointing=False, bf16=False,
+                         use_cpu=model.device.type == "cpu",
+                         report_to="none", save_strategy="no", logging_strategy="no",
+                         disable_tqdm=True, seed=settings.seed, data_seed=settings.seed)
         trainer = DPOTrainer(model=model, args=args, processing_class=tok, peft_config=lora,
                              train_dataset=Dataset.from_list(rows))
         trainer.remove_callback(PrinterCallback)  # the loop has its own progress display
