@@ -122,7 +122,7 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> d
         scores = config_scores(damage, config_matrix(space, keys))
     score_seconds = time.perf_counter() - t1
 
-    metrics = S.config_metrics(scores, configs.acc.to_numpy(), keys, opts.bootstrap, task.seed)
+    metrics = S.config_metrics(scores, table.quality(configs), keys, opts.bootstrap, task.seed)
     metrics["kl_spearman"] = S.spearman(scores, -configs.kl.to_numpy())
     truth = layer_truth(table, space)
     metrics["layer_spearman"] = (S.spearman(sens, truth) if sens is not None else float("nan"))

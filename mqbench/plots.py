@@ -50,6 +50,8 @@ def _truth(table) -> pd.DataFrame:
 def scatter_png(task: str, records: list[dict], table, path) -> None:
     """Score-rank vs accuracy panels for every proxy with config scores, as PNG to `path`."""
     truth = _truth(table)
+    lm = table.task.is_lm  # LM tasks are ranked by perplexity
+    y = np.exp(truth.loss) if lm else truth.acc
     recs = [r for r in records if r.get("scores")]
     cols = 5
     nrows = max(1, math.ceil(len(recs) / cols))
@@ -61,17 +63,18 @@ def scatter_png(task: str, records: list[dict], table, path) -> None:
         keys = [k for k in r["scores"] if k in truth.index]
         score = np.array([r["scores"][k] for k in keys])
         pct = 100 * (rankdata(score) - 1) / max(1, len(score) - 1)
-        ax.scatter(pct, truth.loc[keys, "acc"].to_numpy(), s=2, alpha=0.4, color="#1f77b4",
+        ax.scatter(pct, y.loc[keys].to_numpy(), s=2, alpha=0.4, color="#1f77b4",
                    linewidths=0, rasterized=False)
         rho = r["metrics"].get("spearman")
         ax.set_title(f"{r['proxy']}  ρs={rho:.2f}" if rho is not None else r["proxy"],
                      fontsize=8)
         ax.tick_params(labelsize=6)
     for ax in axes[:, 0]:
-        ax.set_ylabel("top-1", fontsize=7)
+        ax.set_ylabel("perplexity" if lm else "top-1", fontsize=7)
     for ax in axes[-1, :]:
         ax.set_xlabel("proxy score rank (%)", fontsize=7)
-    fig.suptitle(f"{task}: proxy score vs ground-truth accuracy", fontsize=10)
+    fig.suptitle(f"{task}: proxy score vs ground-truth {'perplexity' if lm else 'accuracy'}",
+                 fontsize=10)
     fig.tight_layout()
     _save(fig, path)
 

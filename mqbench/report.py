@@ -39,6 +39,17 @@ def load_records(task: str | None = None) -> list[dict]:
     return [json.loads(r[0]) for r in query(sql, [task] if task else None)]
 
 
+def _truth_label(task: str) -> str:
+    """What the task's proxies are ranked against (LM tasks: perplexity)."""
+    from mqbench.errors import MqbenchError
+    from mqbench.tasks import load_task
+
+    try:
+        return "perplexity" if load_task(task).is_lm else "accuracy"
+    except MqbenchError:  # a record of a task no longer registered
+        return "accuracy"
+
+
 def record_tasks() -> list[str]:
     """Tasks that have at least one stored record, sorted."""
     return [r[0] for r in query("SELECT DISTINCT task FROM runs ORDER BY task")]
@@ -97,7 +108,7 @@ def correlation_report(task: str, records: list[dict]) -> Report:
         rows.append(row)
     rows.sort(key=lambda x: (-x["spearman_top100"] if math.isfinite(x["spearman_top100"])
                              else math.inf, x["proxy"]))
-    return Report(f"{task}: correlation with ground-truth accuracy "
+    return Report(f"{task}: correlation with ground-truth {_truth_label(task)} "
                   f"({records[0]['n_configs'] if records else 0} configurations)",
                   (("proxy", "proxy"), ("version", "v")), CORRELATION, tuple(rows))
 

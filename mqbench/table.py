@@ -71,6 +71,12 @@ class Table:
         seed = self.task.seed if cal_seed is None else cal_seed
         return self.rows[(self.rows.kind == kind) & (self.rows.cal_seed == seed)]
 
+    def quality(self, rows: pd.DataFrame) -> np.ndarray:
+        """What proxies are ranked against: accuracy, or for LM tasks minus the per-token
+        cross-entropy (ranking by perplexity, the LM metric; next-token accuracy is coarser:
+        its noise-floor Spearman is 0.88 on pydocs-llama against 1.00 for KL)."""
+        return (-rows.loss if self.task.is_lm else rows.acc).to_numpy()
+
     def configs(self) -> pd.DataFrame:
         """The configuration-level rows proxies are ranked on: uniform + sampled."""
         rows = self.rows[self.rows.kind.isin(["uniform", "sample"])]

@@ -56,6 +56,7 @@ class Context:
     within: list[np.ndarray]  # per budget: indices of configurations within it
     truth: np.ndarray  # [units] measured sensitivity
     alpha: float
+    quality: np.ndarray  # [configs] what proxies are ranked against (Table.quality)
 
 
 def context(task: Task, progress: bool = False) -> Context:
@@ -75,7 +76,7 @@ def context(task: Task, progress: bool = False) -> Context:
     return Context(task, stats, unit_of, pert_units, np.asarray(stats.perturbation),
                    config_matrix(space, rows.key.to_numpy()), rows.acc.to_numpy(),
                    [w for w in within if len(w)], layer_truth(table, space),
-                   task.harness.alpha)
+                   task.harness.alpha, table.quality(rows))
 
 
 def from_damage(ctx: Context, damage: np.ndarray, sens_units: np.ndarray,
@@ -94,7 +95,7 @@ def from_damage(ctx: Context, damage: np.ndarray, sens_units: np.ndarray,
     if not math.isfinite(rho):
         return INVALID
     return Fitness(ctx.alpha * rho + (1 - ctx.alpha) * acc, rho, acc,
-                   S.spearman(scores, ctx.acc) if spearman else math.nan)
+                   S.spearman(scores, ctx.quality) if spearman else math.nan)
 
 
 def from_sensitivity(ctx: Context, s_modules: np.ndarray, spearman: bool = False) -> Fitness:

@@ -73,22 +73,34 @@ def compare(search: Search, state, records: list[dict], random_seeds: int = 3) -
     rows.append({"method": "AutoMixQ", "setting": "2/4 + protection", "cells": cells,
                  "avg_bits": avgs, "search_seconds": round(state.seconds, 1),
                  "evaluations": state.evaluations})
-    return {"task": task.key, "budgets": [f"{b:g}" for b in budgets], "rows": rows}
+    import torch
+
+    import mqbench
+    from mqbench.table import _git_commit
+
+    man = bench.weights_manifest
+    provenance = {"task_checksum": task.checksum, "seed": task.seed,
+                  "weights_checksum": man.get("checksum", "pretrained"),
+                  "tokenizer_sha256": man.get("tokenizer_sha256", man.get("tokenizer", "")),
+                  "package_version": mqbench.__version__, "git_commit": _git_commit(),
+                  "torch_version": torch.__version__, "eval_windows": len(bench.eval_split),
+                  "aux_windows": len(search.aux_x), "random_seeds": random_seeds}
+    return {"task": task.key, "budgets": [f"{b:g}" for b in budgets], "rows": rows,
+            "provenance": provenance}
 
 
 def markdown(result: dict) -> str:
     """The comparison as a Markdown table (perplexity, lower is better)."""
     budgets = result["budgets"]
-    head = "| method | setting | " + " | ".join(f"W{b}A16" for b in budgets) + " |"
+    head = ("| method | setting | fixed bits | " + " | ".join(f"W{b}A16" for b in budgets)
+            + " |")
     lines = [f"Test perplexity on `{result['task']}` (lower is better; W<b> = average weight "
-             f"bits, activations float).", "", head, "|---|---|" + "---:|" * len(budgets)]
+             f"bits, activations float).", "", head, "|---|---|---:|" + "---:|" * len(budgets)]
     for row in result["rows"]:
         c = row["cells"]
-        if set(c) & {"fp", "uniform"}:
-            v = c.get("fp", c.get("uniform"))
-            vals = [f"{v:.2f}"] * len(budgets) if False else [f"{v:.2f}"] + [""] * (len(budgets) - 1)
-        else:
-            vals = [f"{c[b]:.2f}" if b in c else "-" for b in budgets]
+        fixed = c.get("fp", c.get("uniform"))
+        vals = ([f"{fixed:.2f}"] + ["—"] * len(budgets) if fixed is not None else
+                ["—"] + [f"{c[b]:.2f}" if b in c else "—" for b in budgets])
         lines.append(f"| {row['method']} | {row['setting']} | " + " | ".join(vals) + " |")
     auto = result["rows"][-1]
     lines += ["", f"AutoMixQ search: {auto['evaluations']} configurations in "
