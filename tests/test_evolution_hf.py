@@ -11,6 +11,9 @@ import math
 import numpy as np
 import pytest
 
+# The same canned answers as the openai generator's tests.
+from test_evolution_llm import GOOD, GOOD2, NO_CODE, SYNTAX
+
 from mqbench.errors import MqbenchError
 from mqbench.evolution import llm_loop as LL
 from mqbench.evolution.generator_dpo import (
@@ -24,18 +27,6 @@ from mqbench.evolution.generator_dpo import (
 from mqbench.evolution.generators import extract
 from mqbench.evolution.hf_generator import HFGenerator, answer_ids, load_model
 
-GOOD = '''Hessian trace per parameter, as HAWQ-V2.
-```python
-from mqbench.proxy import proxy
-
-@proxy(name="candidate", version=1, kind="layer")
-def candidate(stats):
-    return [float(stats.hessian_trace[i] / stats.params[i]) for i in range(len(stats.modules))]
-```'''
-GOOD2 = GOOD.replace("/ stats.params[i]", "* float(stats.weights[m].abs().mean())").replace(
-    "for i in range(len(stats.modules))", "for i, m in enumerate(stats.modules)")
-NO_CODE = "I think the Hessian matters most, but I will not write code."
-SYNTAX = "Broken:\n```python\ndef candidate(stats:\n```"
 PROSE = ("Mixed-precision quantization assigns each layer a bit-width. A sensitive layer "
          "loses accuracy when quantized, so it should keep more bits.")
 

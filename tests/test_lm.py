@@ -187,7 +187,7 @@ def test_text_too_short_for_context_is_one_line(lm_env):
 
 def test_missing_corpus_and_bad_fields_are_one_line(lm_env, tmp_path):
     from mqbench import data as D
-    from mqbench.tasks import load_task, parse_task
+    from mqbench.tasks import parse_task
 
     text = TINY_LM.format(name="x", root=tmp_path / "nowhere", seq_len=32)
     with pytest.raises(MqbenchError, match="apt-get install python3.11-doc"):
@@ -214,7 +214,7 @@ def test_tokenizer_is_deterministic_and_cached(lm_env):
     import shutil
 
     shutil.rmtree(tokenize.text_dir(spec))
-    enc2, info2 = tokenize.load_tokenizer(spec)
+    _, info2 = tokenize.load_tokenizer(spec)
     assert info2["tokenizer_sha256"] == sha
     assert np.array_equal(tokenize.token_stream(spec, "test"), a)
 
@@ -364,8 +364,9 @@ batch_size = 4
 @pytest.fixture
 def hf_env(tmp_path, monkeypatch):
     """A tiny Llama checkpoint + tokenizer and a WikiText-shaped dataset, all made locally."""
-    import datasets
     from pydoc_data.topics import topics
+
+    import datasets
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from mqbench.lm.tokenize import EOS, train_bpe

@@ -23,8 +23,12 @@ EXPECTED_UNITS = {
     "cifar10-resnet20": 20, "digits-resnet8": 8, "digits-vit": 10, "fmnist-resnet8": 8,
     "fmnist-vit": 18, "imagenet-deit": 50, "imagenet-hf-resnet18": 18,
     "imagenet-mobilenetv2": 53, "imagenet-resnet18": 18, "imagenet-resnet50": 50,
-    "imagenet-swin": 53, "imagenet-vit": 50,
+    "imagenet-swin": 53, "imagenet-vit": 50, "pydocs-llama": 28,
+    "wikitext2-llama3-8b": 224, "wikitext2-qwen2.5-7b": 196,
 }
+# Real LM tasks: the architecture family and depth of the published checkpoints, built offline
+# at toy width (the unit count depends only on the depth and the layer patterns).
+HF_ARCH = {"wikitext2-llama3-8b": ("llama", 32), "wikitext2-qwen2.5-7b": ("qwen2", 28)}
 NATIVE = {"digits": (1, 8), "fashion-mnist": (1, 28), "cifar10": (3, 32)}
 
 VALID = """
@@ -78,15 +82,32 @@ def test_shipped_task_parses(path):
 def test_shipped_task_space(path):
     """The layer patterns and ties name real modules and give the documented unit count."""
     task = load_task(path.stem)
-    chans, size = NATIVE.get(task.data.dataset, (3, task.data.image_size or 224))
-    spec = dataclasses.replace(task.model, pretrained=False)  # architecture only, offline
-    model = build_model(spec, chans, D.num_classes(task.data), size).eval()
+    if task.is_lm:
+        model, example = _lm_architecture(task), torch.zeros(1, 8, dtype=torch.long)
+    else:
+        chans, size = NATIVE.get(task.data.dataset, (3, task.data.image_size or 224))
+        spec = dataclasses.replace(task.model, pretrained=False)  # architecture only, offline
+        model = build_model(spec, chans, D.num_classes(task.data), size).eval()
+        example = torch.zeros(1, chans, size, size)
     q = task.quant
-    space = build_space(model, torch.zeros(1, chans, size, size), q.layers, q.exclude, q.tie,
-                        q.weight_bits, q.act_bits)
+    space = build_space(model, example, q.layers, q.exclude, q.tie, q.weight_bits, q.act_bits)
     assert len(space.units) == EXPECTED_UNITS[task.name]
     assert len(space.modules) == len(space.units) + len(q.tie)
     assert all(m > 0 for m in space.macs)
+
+
+def _lm_architecture(task):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mqbench.lm.model import CausalLM, tiny_llama
+
+    if task.model.source == "train":
+        return tiny_llama(task.model, task.data.vocab_size, task.data.seq_len).eval()
+    kind, depth = HF_ARCH[task.name]
+    cfg = AutoConfig.for_model(kind, hidden_size=16, intermediate_size=32, vocab_size=64,
+                               num_hidden_layers=depth, num_attention_heads=2,
+                               num_key_value_heads=2)
+    return CausalLM(AutoModelForCausalLM.from_config(cfg)).eval()
 
 
 def test_unknown_task_did_you_mean():

@@ -62,6 +62,21 @@ class Usage:
     cost_usd: float = 0.0
 
 
+def cached(cache_dir, key: str, usage: Usage, produce) -> Completion:
+    """The answer stored under `key` in cache_dir, or produce() it and store it atomically."""
+    path = Path(cache_dir) / f"{key}.json" if cache_dir else None
+    if path is not None and path.exists():
+        usage.cached += 1
+        return Completion(**{**json.loads(path.read_text()), "cached": True})
+    out = produce()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(out)))
+        os.replace(tmp, path)
+    return out
+
+
 @dataclass
 class OpenAIGenerator:
     """Chat completions from an OpenAI-compatible endpoint, with retries and a disk cache.
@@ -103,18 +118,8 @@ class OpenAIGenerator:
         return [self._one(messages, temperature, seed, i) for i in range(n)]
 
     def _one(self, messages, temperature, seed, i) -> Completion:
-        path = (Path(self.cache_dir) / f"{self._key(messages, temperature, seed, i)}.json"
-                if self.cache_dir else None)
-        if path is not None and path.exists():
-            self.usage.cached += 1
-            return Completion(**{**json.loads(path.read_text()), "cached": True})
-        out = self._request(messages, temperature, seed + i)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(asdict(out)))
-            os.replace(tmp, path)
-        return out
+        return cached(self.cache_dir, self._key(messages, temperature, seed, i), self.usage,
+                      lambda: self._request(messages, temperature, seed + i))
 
     def _request(self, messages, temperature, seed) -> Completion:
         import openai

@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqbench.errors import MqbenchError
-from mqbench.evolution.generators import Completion, Usage
+from mqbench.evolution.generators import Completion, Usage, cached
 
 INSTALL_HINT = "pip install -e '.[discover-hf]'"
 
@@ -160,18 +160,8 @@ class HFGenerator:
         return [self._one(messages, temperature, seed, i) for i in range(n)]
 
     def _one(self, messages, temperature, seed, i) -> Completion:
-        path = (Path(self.cache_dir) / f"hf-{self._key(messages, temperature, seed, i)}.json"
-                if self.cache_dir else None)
-        if path is not None and path.exists():
-            self.usage.cached += 1
-            return Completion(**{**json.loads(path.read_text()), "cached": True})
-        out = self.sample(messages, temperature, seed + i)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(asdict(out)))
-            os.replace(tmp, path)
-        return out
+        return cached(self.cache_dir, "hf-" + self._key(messages, temperature, seed, i),
+                      self.usage, lambda: self.sample(messages, temperature, seed + i))
 
     def sample(self, messages: list[dict], temperature: float, seed: int) -> Completion:
         """One completion, uncached."""
