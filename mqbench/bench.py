@@ -133,6 +133,14 @@ def open_bench(task: Task, progress: bool = True) -> Bench:
     return Bench(task, model, space, eval_split, mean, std, manifest)
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor, rows: int = 8) -> float:
+    """sum(a * b) without a tokens x vocab temporary: float32 dots over 8 rows at a time,
+    summed in float64 (one dot over everything loses ~4 digits; this is 3x faster than the
+    elementwise product and as precise to ~1e-7 per token)."""
+    parts = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a.split(rows), b.split(rows))]
+    return float(torch.stack(parts).double().sum()) if parts else 0.0
+
+
 class Evaluator:
     """Measures configurations on the evaluation set against the full-precision model."""
 
@@ -187,7 +195,7 @@ class Evaluator:
             correct += float((lq.argmax(-1) == yb).sum())
             nll -= float(lq.gather(1, yb[:, None]).double().sum())
             # KL(p || q) = sum p log p - sum p log q; the first term is the same every time.
-            kl += neg_entropy - float((p * lq).sum(-1).double().sum())
+            kl += neg_entropy - _dot(p, lq)
             count += len(yb)
         return Metrics(correct / count, nll / count, max(kl / count, 0.0))
 
@@ -199,7 +207,7 @@ class Evaluator:
         lp = (self.fp_logprobs[start:start + n] if self.fp_logprobs is not None
               else F.log_softmax(self._fp_model(batch).float(), -1).cpu())
         p = lp.exp()
-        out = (p, float((p * lp).sum(-1).double().sum()))
+        out = (p, _dot(p, lp))
         if self.fp_logprobs is not None:  # small enough to keep (see __init__)
             memo[i] = out
         return out
