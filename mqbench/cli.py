@@ -78,7 +78,8 @@ def _summary(table) -> None:
     print(f"  {len(cfg)} configurations: acc {cfg.acc.min():.4f}..{cfg.acc.max():.4f}, "
           f"avg weight bits {cfg.avg_wbits.min():.2f}..{cfg.avg_wbits.max():.2f}")
     if "noise_spearman_acc" in m:
-        print(f"  noise floor ({m['noise_pairs']} configs, 2nd calibration seed): Spearman acc "
+        what = "other eval windows" if table.task.is_lm else "2nd calibration seed"
+        print(f"  noise floor ({m['noise_pairs']} configs, {what}): Spearman acc "
               f"{float(m['noise_spearman_acc']):.3f}, KL {float(m['noise_spearman_kl']):.3f}, "
               f"mean |Δacc| {float(m['noise_mean_abs_acc_diff']):.4f}")
 

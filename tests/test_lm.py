@@ -460,3 +460,23 @@ def test_automixq_beats_random_on_the_bundled_lm(tmp_path, monkeypatch):
     rand = [test_metrics(search, ev, random_mixed(search, 3.5, s)).loss for s in range(3)]
     assert state.found["3.5"]["avg_bits"] <= 3.5
     assert auto < min(rand), (math.exp(auto), [math.exp(r) for r in rand])
+
+
+def test_hub_ids_fail_fast_offline(monkeypatch):
+    """Uncached hub ids on a machine without the hub: one quick error, no retry storm."""
+    import time
+
+    from transformers import AutoTokenizer
+
+    from mqbench.lm import corpus, hub
+    from mqbench.tasks import load_task
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not hub.reachable()
+    t = time.perf_counter()
+    with pytest.raises(OSError, match="neither a local folder nor in the cache"):
+        hub.load(AutoTokenizer.from_pretrained, "mqbench-test/no-such-model")
+    spec = load_task("wikitext2-qwen2.5-7b").data
+    with pytest.raises(MqbenchError, match="save_to_disk"):
+        corpus.split_text(spec, "test")
+    assert time.perf_counter() - t < 20

@@ -108,8 +108,18 @@ def _wikitext(spec, split: str) -> str:
             ds = datasets.load_from_disk(spec.root)
             ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
         else:
-            ds = datasets.load_dataset(spec.hf_name or "wikitext",
-                                       spec.hf_config or "wikitext-2-raw-v1", split=split)
+            from mqbench.lm import hub
+
+            name, config = spec.hf_name or "wikitext", spec.hf_config or "wikitext-2-raw-v1"
+            if not hub.reachable():  # the cache only: no 30 s of retries when offline
+                import huggingface_hub.constants
+
+                for mod, key in ((datasets.config, "HF_HUB_OFFLINE"),
+                                 (datasets.config, "HF_DATASETS_OFFLINE"),
+                                 (huggingface_hub.constants, "HF_HUB_OFFLINE")):
+                    if hasattr(mod, key):
+                        setattr(mod, key, True)
+            ds = datasets.load_dataset(name, config, split=split)
     except Exception as exc:
         where = spec.root or f"the hub ({spec.hf_name or 'wikitext'})"
         raise MqbenchError(

@@ -52,8 +52,10 @@ def load_hf(spec) -> CausalLM:
     try:
         from transformers import AutoModelForCausalLM
 
-        lm = AutoModelForCausalLM.from_pretrained(spec.arch, dtype=getattr(torch, spec.dtype),
-                                                  attn_implementation="sdpa")
+        from mqbench.lm import hub
+
+        lm = hub.load(AutoModelForCausalLM.from_pretrained, spec.arch,
+                      dtype=getattr(torch, spec.dtype), attn_implementation="sdpa")
     except Exception as exc:
         raise MqbenchError(
             f"could not load causal LM {spec.arch!r} ({type(exc).__name__}); give a local "

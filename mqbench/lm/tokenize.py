@@ -73,7 +73,9 @@ def load_tokenizer(spec) -> tuple[_Encoder, dict]:
         try:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(spec.tokenizer)
+            from mqbench.lm import hub
+
+            tok = hub.load(AutoTokenizer.from_pretrained, spec.tokenizer)
         except Exception as exc:
             raise MqbenchError(f"could not load tokenizer {spec.tokenizer!r} "
                                f"({type(exc).__name__}); give a local model folder or a hub id "
