@@ -158,16 +158,13 @@ class Evaluator:
         fp_model = (bench.model if self.device.type == "cpu" else
                     copy.deepcopy(bench.model).to(self.device))
         self._fp_model = fp_model
-        # LM tasks score every token: their float log-probabilities (tokens x vocab) are kept
-        # only while they fit in 1 GiB, otherwise recomputed per batch (2 forwards per eval).
+        # LM tasks score every token and keep their float reference per batch (_fp_probs).
         self.tokens = bench.task.is_lm
-        keep = not self.tokens or self.split.y.numel() * self._classes() * 4 <= 2**30
+        self._probs: dict[int, tuple[torch.Tensor, float]] = {}
+        self._keep_probs: bool | None = None
         self.fp_logprobs = torch.cat([F.log_softmax(fp_model(b), -1).cpu()
-                                      for b in self._batches()]) if len(x) and keep else None
-
-    def _classes(self) -> int:
-        with torch.inference_mode():
-            return self._fp_model(self.split.x[:1].to(self.device)).shape[-1]
+                                      for b in self._batches()]) \
+            if len(x) and not self.tokens else None
 
     def _batches(self):
         x = self.split.x
@@ -180,10 +177,10 @@ class Evaluator:
     @functools.cached_property
     def fp_metrics(self) -> Metrics:
         if self.tokens:
-            return self._token_metrics(self._fp_model)
+            return self.token_metrics(self._fp_model)
         return self._metrics(self.fp_logprobs)
 
-    def _token_metrics(self, model: nn.Module) -> Metrics:
+    def token_metrics(self, model: nn.Module) -> Metrics:
         """LM metrics streamed per batch: next-token accuracy, CE per token, KL per token."""
         y = self.split.y
         correct = nll = kl = 0.0
@@ -191,7 +188,7 @@ class Evaluator:
         for i, b in enumerate(self._batches()):
             yb = y[i * self.batch_size:(i + 1) * self.batch_size].reshape(-1)
             lq = F.log_softmax(model(b).float(), -1).cpu()
-            p, neg_entropy = self._fp_probs(i, b, count, len(yb))
+            p, neg_entropy = self._fp_probs(i, b)
             correct += float((lq.argmax(-1) == yb).sum())
             nll -= float(lq.gather(1, yb[:, None]).double().sum())
             # KL(p || q) = sum p log p - sum p log q; the first term is the same every time.
@@ -199,17 +196,21 @@ class Evaluator:
             count += len(yb)
         return Metrics(correct / count, nll / count, max(kl / count, 0.0))
 
-    def _fp_probs(self, i: int, batch, start: int, n: int) -> tuple[torch.Tensor, float]:
-        """Float next-token probabilities of batch i and their sum of p log p (memoised)."""
-        memo = self.__dict__.setdefault("_probs_memo", {})
-        if i in memo:
-            return memo[i]
-        lp = (self.fp_logprobs[start:start + n] if self.fp_logprobs is not None
-              else F.log_softmax(self._fp_model(batch).float(), -1).cpu())
+    def _fp_probs(self, i: int, batch) -> tuple[torch.Tensor, float]:
+        """Float next-token probabilities of batch i and their sum of p log p.
+
+        Kept while all of them (tokens x vocab) fit in 1 GiB, as for the bundled LM;
+        otherwise recomputed per batch, which costs a second forward per evaluation.
+        """
+        if i in self._probs:
+            return self._probs[i]
+        lp = F.log_softmax(self._fp_model(batch).float(), -1).cpu()
         p = lp.exp()
         out = (p, _dot(p, lp))
-        if self.fp_logprobs is not None:  # small enough to keep (see __init__)
-            memo[i] = out
+        if self._keep_probs is None:
+            self._keep_probs = self.split.y.numel() * lp.shape[-1] * 4 <= 2**30
+        if self._keep_probs:
+            self._probs[i] = out
         return out
 
     def _metrics(self, logprobs: torch.Tensor) -> Metrics:
@@ -224,6 +225,6 @@ class Evaluator:
         """Accuracy, cross-entropy and KL to full precision of one configuration."""
         model = self.qm.apply(self.bench.space.layer_bits(self.bench.space.validate(cfg)))
         if self.tokens:
-            return self._token_metrics(model)
+            return self.token_metrics(model)
         return self._metrics(torch.cat([F.log_softmax(model(b), -1).cpu()
                                         for b in self._batches()]))

@@ -107,10 +107,10 @@ def cmd_measure(args) -> None:
     else:
         cfg = space.from_mapping(_parse_bits(args.bits or ""))
     m = bench.evaluator(args.cal_seed if args.cal_seed is not None else task.seed).evaluate(cfg)
-    if task.is_lm:
-        print(f"  perplexity {math.exp(m.loss):.3f}  (next-token accuracy below)")
     print(f"{cfg.key}\n  acc {m.acc:.4f}  loss {m.loss:.4f}  kl {m.kl:.5f}  size "
           f"{space.size_bits(cfg) / 8 / 1024:.1f} KiB  BOPs {space.bops(cfg):.4g}")
+    if task.is_lm:  # acc above is next-token accuracy
+        print(f"  perplexity {math.exp(m.loss):.3f}")
     print("  units: " + ", ".join(space.units))
 
 
@@ -239,19 +239,15 @@ def cmd_automixq(args) -> None:
     from mqbench.lm.automixq import Search
     from mqbench.lm.compare import compare, markdown, write
     from mqbench.report import load_records
-    from mqbench.tasks import load_task
+    from mqbench.tasks import check_budgets, load_task
 
     task = load_task(args.task or "pydocs-llama")
     if args.budgets:
         import dataclasses
 
+        check_budgets(task, args.budgets, "--budgets")
         task = dataclasses.replace(task, automixq=dataclasses.replace(
             task.automixq, budgets=tuple(args.budgets)))
-        lo, hi = min(task.quant.weight_bits), max(task.quant.weight_bits)
-        bad = [b for b in args.budgets if not lo <= b <= hi]
-        if bad:
-            raise MqbenchError(f"--budgets {bad[0]:g}: outside the task's weight bit choices "
-                               f"[{lo}, {hi}]; pick average bits between them")
     if not task.is_lm:
         raise MqbenchError(f"AutoMixQ searches language-model tasks; {task.name} is not one "
                            f"(try --task pydocs-llama)")

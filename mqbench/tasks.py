@@ -239,6 +239,15 @@ def _check(task: Task, where: str) -> None:
         raise MqbenchError(f"{where}.harness.alpha: must be in [0, 1], got {task.harness.alpha}")
 
 
+def check_budgets(task: Task, budgets, where: str) -> None:
+    """Average-bit budgets must lie between the task's lowest and highest weight bits."""
+    lo, hi = min(task.quant.weight_bits), max(task.quant.weight_bits)
+    for b in budgets:
+        if not lo <= b <= hi:
+            raise MqbenchError(f"{where}: budget {b:g} average bits is outside the task's "
+                               f"weight bit choices [{lo}, {hi}]")
+
+
 def _check_lm(task: Task, where: str) -> None:
     d, m, a = task.data, task.model, task.automixq
     if d.seq_len < 2:
@@ -251,11 +260,7 @@ def _check_lm(task: Task, where: str) -> None:
                            f"tokenizer mqbench trains, or data.tokenizer = a model's tokenizer")
     if task.quant.group_size < 0:
         raise MqbenchError(f"{where}.quant.group_size: must be >= 0")
-    lo, hi = min(task.quant.weight_bits), max(task.quant.weight_bits)
-    for b in (*a.budgets, *task.harness.budgets):
-        if not lo <= b <= hi:
-            raise MqbenchError(f"{where}: budget {b} average bits is outside the task's "
-                               f"weight bit choices [{lo}, {hi}]")
+    check_budgets(task, (*a.budgets, *task.harness.budgets), where)
     if not all(0.0 < f < 1.0 for f in a.fractions):
         raise MqbenchError(f"{where}.automixq.fractions: each must be in (0, 1)")
     if a.samples < 1 or a.elites < 1 or a.step < 1 or a.aux_samples < 1:

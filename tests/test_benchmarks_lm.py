@@ -9,11 +9,10 @@ Both need Debian's python3.11-doc (the bundled corpus); they skip without it.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
+from test_benchmarks import _best_of
 
 from mqbench.bench import open_bench
 from mqbench.lm.corpus import PYTHON_DOCS_DIR
@@ -39,7 +38,7 @@ def test_lm_config_eval_vs_fp_pass(benchmark):
         return nll
 
     ev.evaluate(cfg)  # warm-up; builds the float reference once
-    fp = min(_timed(fp_pass) for _ in range(5))
+    fp = _best_of(fp_pass)
     benchmark.pedantic(ev.evaluate, args=(cfg,), rounds=5, warmup_rounds=1)
     ratio = benchmark.stats.stats.min / fp
     benchmark.extra_info.update(fp_pass_s=fp, ratio=ratio)
@@ -62,9 +61,3 @@ def test_automixq_search_time(benchmark):
           f"{state.evaluations} configurations, threads {torch.get_num_threads()} "
           f"(target < 600 s)")
     assert len(state.found) == len(bench.task.automixq.budgets)
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t

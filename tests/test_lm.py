@@ -442,7 +442,7 @@ def test_automixq_beats_random_on_the_bundled_lm(tmp_path, monkeypatch):
 
     from mqbench.bench import Evaluator, open_bench
     from mqbench.lm.automixq import Search
-    from mqbench.lm.compare import random_mixed, test_metrics
+    from mqbench.lm.compare import heldout_metrics, random_mixed
     from mqbench.lm.corpus import PYTHON_DOCS_DIR
     from mqbench.tasks import load_task
     from mqbench.train import shipped_dir
@@ -456,8 +456,8 @@ def test_automixq_beats_random_on_the_bundled_lm(tmp_path, monkeypatch):
     search = Search(open_bench(task, progress=False), progress=False)
     state = search.run()
     ev = Evaluator(search.bench, search.mixed, task.table.batch_size)
-    auto = test_metrics(search, ev, state.found["3.5"]["config"]).loss
-    rand = [test_metrics(search, ev, random_mixed(search, 3.5, s)).loss for s in range(3)]
+    auto = heldout_metrics(search, ev, state.found["3.5"]["config"]).loss
+    rand = [heldout_metrics(search, ev, random_mixed(search, 3.5, s)).loss for s in range(3)]
     assert state.found["3.5"]["avg_bits"] <= 3.5
     assert auto < min(rand), (math.exp(auto), [math.exp(r) for r in rand])
 

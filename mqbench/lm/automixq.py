@@ -194,8 +194,7 @@ class Search:
 
         aux = D.load_split(task.data, "validation", self.spec.aux_samples, task.seed)
         self.aux_x, self.aux_y = aux.x, aux.y.reshape(-1)
-        with torch.inference_mode():
-            self.aux_fp = self._logits(bench.model)
+        self.aux_fp = self._logits(bench.model)
 
     def _logits(self, model) -> torch.Tensor:
         bs = self.task.table.batch_size

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mqbench.bench import Evaluator
-from mqbench.lm.automixq import Option, Search
+from mqbench.lm.automixq import Search
+from mqbench.table import _provenance
 
 
 def _ppl(loss: float) -> float:
@@ -34,9 +35,9 @@ def random_mixed(search: Search, budget: float, seed: int) -> list[str]:
     return keys
 
 
-def test_metrics(search: Search, evaluator: Evaluator, keys: list[str]):
-    model = search.mixed.apply([search.by_key[k] for k in keys])
-    return evaluator._token_metrics(model)
+def heldout_metrics(search: Search, evaluator: Evaluator, keys: list[str]):
+    """Metrics of one option assignment on the evaluator's (test) windows."""
+    return evaluator.token_metrics(search.mixed.apply([search.by_key[k] for k in keys]))
 
 
 def compare(search: Search, state, records: list[dict], random_seeds: int = 3) -> dict:
@@ -51,12 +52,11 @@ def compare(search: Search, state, records: list[dict], random_seeds: int = 3) -
         rows.append({"method": "Uniform", "setting": f"W{b}", "cells": {"uniform": _ppl(m.loss)}})
     cells, spread, avgs = {}, {}, {}
     for b in budgets:
-        ppls = [_ppl(test_metrics(search, mixed_ev, random_mixed(search, b, s)).loss)
-                for s in range(random_seeds)]
+        draws = [random_mixed(search, b, s) for s in range(random_seeds)]
+        ppls = [_ppl(heldout_metrics(search, mixed_ev, keys).loss) for keys in draws]
         cells[f"{b:g}"] = float(np.exp(np.mean(np.log(ppls))))  # geometric mean
         spread[f"{b:g}"] = [min(ppls), max(ppls)]
-        avgs[f"{b:g}"] = float(np.mean([search.avg_bits(random_mixed(search, b, s))
-                                        for s in range(random_seeds)]))
+        avgs[f"{b:g}"] = float(np.mean([search.avg_bits(keys) for keys in draws]))
     rows.append({"method": f"Random 2/4 (geo-mean of {random_seeds})", "setting": "mixed",
                  "cells": cells, "range": spread, "avg_bits": avgs})
     for rec in records:
@@ -68,23 +68,14 @@ def compare(search: Search, state, records: list[dict], random_seeds: int = 3) -
     for b in budgets:
         found = state.found.get(f"{b:g}")
         if found:
-            cells[f"{b:g}"] = _ppl(test_metrics(search, mixed_ev, found["config"]).loss)
+            cells[f"{b:g}"] = _ppl(heldout_metrics(search, mixed_ev, found["config"]).loss)
             avgs[f"{b:g}"] = found["avg_bits"]
     rows.append({"method": "AutoMixQ", "setting": "2/4 + protection", "cells": cells,
                  "avg_bits": avgs, "search_seconds": round(state.seconds, 1),
                  "evaluations": state.evaluations})
-    import torch
-
-    import mqbench
-    from mqbench.table import _git_commit
-
-    man = bench.weights_manifest
-    provenance = {"task_checksum": task.checksum, "seed": task.seed,
-                  "weights_checksum": man.get("checksum", "pretrained"),
-                  "tokenizer_sha256": man.get("tokenizer_sha256", man.get("tokenizer", "")),
-                  "package_version": mqbench.__version__, "git_commit": _git_commit(),
-                  "torch_version": torch.__version__, "eval_windows": len(bench.eval_split),
-                  "aux_windows": len(search.aux_x), "random_seeds": random_seeds}
+    # The table's own provenance (versions, commit, checksums, tokenizer, corpus) plus ours.
+    provenance = {**_provenance(bench), "aux_windows": len(search.aux_x),
+                  "random_seeds": random_seeds}
     return {"task": task.key, "budgets": [f"{b:g}" for b in budgets], "rows": rows,
             "provenance": provenance}
 
@@ -115,6 +106,3 @@ def write(result: dict, folder: Path) -> tuple[Path, Path]:
     js.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     md.write_text(markdown(result))
     return js, md
-
-
-__all__ = ["Option", "compare", "markdown", "random_mixed", "write"]

@@ -16,6 +16,7 @@ x = piece[:-1], y = piece[1:], the standard perplexity protocol at fixed context
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +53,7 @@ def docs_files(spec, split: str) -> list[Path]:
     return [p for p in files if _split_of(p.relative_to(root).as_posix()) == split]
 
 
+@functools.lru_cache(maxsize=8)  # read once per process: every split load checks it
 def corpus_manifest(spec) -> dict:
     """Per split: file count, characters and a sha256 over (relative path, content) pairs."""
     if spec.dataset != "python-docs":
