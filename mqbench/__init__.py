@@ -1,3 +1,3 @@
 """mqbench: ground-truth tables and a scoring harness for mixed-precision quantization proxies."""
 
-__version__ = "0.1.0"
+from mqbench.provenance import PACKAGE_VERSION as __version__  # noqa: F401

@@ -1,7 +1,7 @@
 """Bit-operations baseline: a configuration with more BOPs is predicted better.
 
 Source: baseline; BOPs = sum_i MACs_i * b_i * a_i as in EMQ's MQ-Bench-101 (ICCV 2023)
-and mqbench.space.Space.bops. The damage matrix indexes weight bits only, so activations
+and mqbench.quant.space.Space.bops. The damage matrix indexes weight bits only, so activations
 enter at the task's highest activation bit-width a_max (a constant factor when they are
 fixed, as in every MQ-Bench-style task): D[i, b] = -MACs_i * b * a_max.
 """

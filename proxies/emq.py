@@ -25,7 +25,7 @@ which table the search used is unproven. The score is additive over units, so th
 import numpy as np
 
 from mqbench.errors import MqbenchError
-from mqbench.ops import emq_branch1, emq_branch2
+from mqbench.proxy.ops import emq_branch1, emq_branch2
 from mqbench.proxy import proxy
 
 

@@ -12,7 +12,7 @@ proxy with D[l, b] = -branch1_l(b) * branch2_l(b) / K (zero rows for non-conv mo
 import numpy as np
 
 from mqbench.errors import MqbenchError
-from mqbench.ops import emq_branch1, emq_branch2
+from mqbench.proxy.ops import emq_branch1, emq_branch2
 from mqbench.proxy import proxy
 
 

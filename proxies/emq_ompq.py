@@ -12,7 +12,7 @@ module with its own unit's bit-width.
 
 import numpy as np
 
-from mqbench.ops import linear_cka_matrix
+from mqbench.proxy.ops import linear_cka_matrix
 from mqbench.proxy import proxy
 
 

@@ -20,7 +20,7 @@ logits for fc); allocation in mqbench is an exact ILP, theirs SLSQP plus roundin
 
 import numpy as np
 
-from mqbench.ops import linear_cka_matrix
+from mqbench.proxy.ops import linear_cka_matrix
 from mqbench.proxy import proxy
 
 BETA = 1.0

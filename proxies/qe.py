@@ -10,7 +10,7 @@ Higher entropy = more sensitive; the harness multiplies by ||Q_b(W) - W||^2.
 """
 
 
-from mqbench.ops import histogram_entropy
+from mqbench.proxy.ops import histogram_entropy
 from mqbench.proxy import proxy
 
 

@@ -16,7 +16,7 @@ Higher s_l = more sensitive (TAP's prior: more bits); the harness multiplies by 
 
 import numpy as np
 
-from mqbench.ops import histogram_entropy
+from mqbench.proxy.ops import histogram_entropy
 from mqbench.proxy import proxy
 
 

@@ -1,6 +1,6 @@
 """Weight-norm baseline: the Frobenius norm of each layer's (BN-folded) weight.
 
-Source: baseline (the example in mqbench/proxy.py). Higher norm = more sensitive; the
+Source: baseline (the example in mqbench/proxy/contract.py). Higher norm = more sensitive; the
 harness multiplies by ||Q_b(W) - W||^2.
 """
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from mqbench import allocate as A
-from mqbench.bench import open_bench
-from mqbench.data import FMNIST_SYSTEM_DIR
-from mqbench.harness import config_matrix, config_scores
-from mqbench.space import Space, sample_configs
-from mqbench.tasks import load_task
+from mqbench.scoring import allocate as A
+from mqbench.truth.bench import open_bench
+from mqbench.task.datasets import FMNIST_SYSTEM_DIR
+from mqbench.scoring.harness import config_matrix, config_scores
+from mqbench.quant.space import Space, sample_configs
+from mqbench.task.spec import load_task
 
 pytestmark = pytest.mark.benchmark
 FMNIST = (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists()
@@ -90,8 +90,8 @@ def test_table_build_time(benchmark, task_name, tmp_path, monkeypatch):
     """
     import dataclasses
 
-    from mqbench.shards import build_parallel, default_jobs
-    from mqbench.table import plan
+    from mqbench.truth.build import build_parallel, default_jobs
+    from mqbench.truth.store import plan
 
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
     task = load_task(task_name)

@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from mqbench.evolution.fitness import context, from_damage
-from mqbench.evolution.llm_loop import score_code
-from mqbench.proxy import Proxy, damage_matrix, load_proxy_file
-from mqbench.tasks import load_task
+from mqbench.search.evolution.fitness import context, from_damage
+from mqbench.search.evolution.llm_loop import score_code
+from mqbench.proxy.contract import Proxy, damage_matrix, load_proxy_file
+from mqbench.task.spec import load_task
 
 pytestmark = pytest.mark.benchmark
 
@@ -31,7 +31,7 @@ def candidate(stats):
 
 
 def test_sandbox_overhead_per_candidate(benchmark, tiny_env, tmp_path):
-    from mqbench.data import FMNIST_SYSTEM_DIR
+    from mqbench.task.datasets import FMNIST_SYSTEM_DIR
 
     name = "fmnist-resnet8" if (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists() \
         else "tiny"

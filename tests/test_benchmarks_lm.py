@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from test_benchmarks import _best_of
 
-from mqbench.bench import open_bench
-from mqbench.lm.corpus import PYTHON_DOCS_DIR
-from mqbench.space import sample_configs
-from mqbench.tasks import load_task
+from mqbench.truth.bench import open_bench
+from mqbench.task.text.corpus import PYTHON_DOCS_DIR
+from mqbench.quant.space import sample_configs
+from mqbench.task.spec import load_task
 
 pytestmark = [pytest.mark.benchmark,
               pytest.mark.skipif(not PYTHON_DOCS_DIR.is_dir(),
@@ -47,7 +47,7 @@ def test_lm_config_eval_vs_fp_pass(benchmark):
 
 
 def test_automixq_search_time(benchmark):
-    from mqbench.lm.automixq import Search
+    from mqbench.search.automixq.search import Search
 
     bench = open_bench(load_task("pydocs-llama"), progress=False)
 

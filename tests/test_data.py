@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mqbench import data as D
+from mqbench.task import datasets as D
 from mqbench.errors import MqbenchError
-from mqbench.tasks import DataSpec
+from mqbench.task.spec import DataSpec
 
 # Class c of the fake ImageNet folders is a flat image of this colour, so labels can be
 # checked against pixels after JPEG, resize and crop.

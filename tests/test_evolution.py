@@ -8,16 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from mqbench import allocate as A
-from mqbench.cli import main
+from mqbench.scoring import allocate as A
+from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
-from mqbench.evolution import symbolic as T
-from mqbench.evolution.features import FEATURES, module_features
-from mqbench.evolution.fitness import context, from_sensitivity, proxy_fitness
-from mqbench.evolution.loop import Settings, load, run, save
-from mqbench.harness import EvalOptions, evaluate_proxy
-from mqbench.proxy import get_proxy, load_proxy_file
-from mqbench.tasks import load_task
+from mqbench.search.evolution import symbolic as T
+from mqbench.search.evolution.features import FEATURES, module_features
+from mqbench.search.evolution.fitness import context, from_sensitivity, proxy_fitness
+from mqbench.search.evolution.loop import Settings, load, run, save
+from mqbench.scoring.harness import EvalOptions, evaluate_proxy
+from mqbench.proxy.contract import get_proxy, load_proxy_file
+from mqbench.task.spec import load_task
 
 
 def test_tree_evaluation_and_rendering_by_hand(tmp_path):
@@ -60,8 +60,8 @@ def test_fitness_agrees_with_the_harness(ctx):
     assert fit.rho_sens == pytest.approx(rec["metrics"]["layer_spearman"], abs=1e-6)
     assert fit.spearman == pytest.approx(rec["metrics"]["spearman"], abs=1e-6)
     # Acc by hand: per budget, the table configuration with the best proxy score in budget
-    from mqbench.bench import open_bench
-    from mqbench.harness import ensure_table
+    from mqbench.truth.bench import open_bench
+    from mqbench.scoring.harness import ensure_table
 
     table, space = ensure_table(ctx.task, False), open_bench(ctx.task, False).space
     rows = table.rows[(table.rows.cal_seed == ctx.task.seed)
@@ -152,7 +152,7 @@ def test_discovered_proxy_ships_with_consistent_docstring():
 @pytest.mark.benchmark
 def test_fitness_throughput(benchmark, tiny_env):
     """Candidates per second per core with cached statistics (target >= 50)."""
-    from mqbench.data import FMNIST_SYSTEM_DIR
+    from mqbench.task.datasets import FMNIST_SYSTEM_DIR
 
     name = "fmnist-resnet8" if (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists() \
         else "digits-resnet8"

@@ -15,8 +15,8 @@ import pytest
 from test_evolution_llm import GOOD, GOOD2, NO_CODE, SYNTAX
 
 from mqbench.errors import MqbenchError
-from mqbench.evolution import llm_loop as LL
-from mqbench.evolution.generator_dpo import (
+from mqbench.search.evolution import llm_loop as LL
+from mqbench.search.evolution.generator_dpo import (
     DPOSettings,
     GeneratorDPO,
     Pair,
@@ -24,8 +24,8 @@ from mqbench.evolution.generator_dpo import (
     dpo_update,
     logp_margins,
 )
-from mqbench.evolution.generators import extract
-from mqbench.evolution.hf_generator import HFGenerator, answer_ids, load_model
+from mqbench.search.evolution.generators import extract
+from mqbench.search.evolution.hf_generator import HFGenerator, answer_ids, load_model
 
 PROSE = ("Mixed-precision quantization assigns each layer a bit-width. A sensitive layer "
          "loses accuracy when quantized, so it should keep more bits.")
@@ -168,7 +168,7 @@ def test_dpo_update_raises_the_margin_and_the_adapter_round_trips(tiny_llm, tmp_
 
 @pytest.mark.slow
 def test_discover_cli_with_the_hf_generator_and_resume(tiny_env, tiny_llm, tmp_path, capsys):
-    from mqbench.cli import main
+    from mqbench.cli.main import main
 
     out = tmp_path / "hf_found.py"
     run = tmp_path / "run"
@@ -202,7 +202,7 @@ def test_discover_cli_with_the_hf_generator_and_resume(tiny_env, tiny_llm, tmp_p
 
 def test_bad_model_path_and_missing_trl_are_one_line_errors(tiny_llm, tmp_path, capsys,
                                                             monkeypatch):
-    from mqbench.cli import main
+    from mqbench.cli.main import main
 
     base = ["discover", "--task", "digits-resnet8", "--generator", "hf", "--out",
             str(tmp_path / "x.py"), "--quiet"]

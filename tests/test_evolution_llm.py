@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from mqbench.errors import MqbenchError
-from mqbench.evolution.fitness import context
-from mqbench.evolution.generators import OpenAIGenerator, extract
-from mqbench.evolution.llm_loop import LLMSettings, run_llm
-from mqbench.evolution.scheduler import Scheduler
-from mqbench.tasks import load_task
+from mqbench.search.evolution.fitness import context
+from mqbench.search.evolution.generators import OpenAIGenerator, extract
+from mqbench.search.evolution.llm_loop import LLMSettings, run_llm
+from mqbench.search.evolution.scheduler import Scheduler
+from mqbench.task.spec import load_task
 
 GOOD = '''Hessian trace per parameter, as HAWQ-V2.
 ```python
@@ -97,7 +97,7 @@ MSG = [{"role": "user", "content": "hi"}]
 def test_extract_reasoning_and_code():
     reasoning, code = extract(GOOD)
     assert reasoning == "Hessian trace per parameter, as HAWQ-V2."
-    assert code.startswith("from mqbench.proxy import proxy") and code.endswith("]\n")
+    assert code.startswith("from mqbench.proxy.contract import proxy") and code.endswith("]\n")
     assert extract(NO_CODE) is None and extract("```python\n```") is None
 
 
@@ -188,8 +188,8 @@ def test_scheduler_dpo_prefers_the_fitter_template_and_keeps_its_floor():
 
 
 def test_discover_cli_with_the_openai_generator(tiny_env, replay, tmp_path, capsys):
-    from mqbench.cli import main
-    from mqbench.proxy import load_proxy_file
+    from mqbench.cli.main import main
+    from mqbench.proxy.contract import load_proxy_file
 
     out = tmp_path / "llm_found.py"
     assert main(["discover", "--task", "tiny", "--generator", "openai", "--model", "m",

@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from mqbench.cli import main
+from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
-from mqbench.harness import EvalOptions, evaluate_proxy, layer_truth
-from mqbench.proxy import get_proxy, load_proxy_file
-from mqbench.sandbox import run_limited
-from mqbench.score import spearman
-from mqbench.table import load_table
-from mqbench.tasks import load_task
+from mqbench.scoring.harness import EvalOptions, evaluate_proxy, layer_truth
+from mqbench.proxy.contract import get_proxy, load_proxy_file
+from mqbench.proxy.sandbox import run_limited
+from mqbench.scoring.metrics import spearman
+from mqbench.truth.store import load_table
+from mqbench.task.spec import load_task
 
 GOOD = '''
 """Weight norm per module."""
@@ -36,7 +36,7 @@ BAD = {
 
 def _write(folder, name, body):
     path = folder / f"{name}.py"
-    path.write_text('from mqbench.proxy import proxy\n\n'
+    path.write_text('from mqbench.proxy.contract import proxy\n\n'
                     f'@proxy(name="{name}", kind="layer")\ndef f(stats):\n    {body}\n')
     return path
 
@@ -65,8 +65,8 @@ def test_eval_cli_end_to_end(lb, tmp_path, capsys):
     keys = list(rec["scores"])
     assert rec["metrics"]["spearman"] == pytest.approx(
         spearman([rec["scores"][k] for k in keys], cfg.loc[keys, "acc"]), abs=1e-6)
-    from mqbench import allocate as A
-    from mqbench.bench import open_bench
+    from mqbench.scoring import allocate as A
+    from mqbench.truth.bench import open_bench
 
     space = open_bench(load_task("tiny"), progress=False).space
     assert len(rec["downstream"]) == 4  # (size, bops) x budgets (3, 4)
@@ -76,8 +76,8 @@ def test_eval_cli_end_to_end(lb, tmp_path, capsys):
 
 
 def test_layer_truth_is_loss_increase(tiny_env):
-    from mqbench.bench import open_bench
-    from mqbench.table import build_table
+    from mqbench.truth.bench import open_bench
+    from mqbench.truth.store import build_table
 
     task = load_task("tiny")
     build_table(task, progress=False)
@@ -129,7 +129,7 @@ def test_sandbox_kills_hung_code_quickly():
 def test_leaderboard_rebuild_and_table(lb, tmp_path, capsys):
     import duckdb
 
-    from mqbench.leaderboard import rebuild_db
+    from mqbench.board.store import rebuild_db
 
     path = tmp_path / "good.py"
     path.write_text(GOOD)

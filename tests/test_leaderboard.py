@@ -13,8 +13,8 @@ import time
 import duckdb
 import pytest
 
-from mqbench import leaderboard as L
-from mqbench import leaderboard_db as D
+from mqbench.board import store as L
+from mqbench.board import db as D
 from mqbench.errors import MqbenchError
 
 # The schema-1 layout (mqbench before the schema-2 store), verbatim, to test migration.
@@ -134,7 +134,7 @@ def test_sync_follows_record_files(lb):
 
 WRITER = """
 import json, sys
-from mqbench.leaderboard import save_record
+from mqbench.board.store import save_record
 print(save_record(json.loads(sys.argv[1])).status, flush=True)
 """
 
@@ -250,10 +250,10 @@ def test_bad_records_are_one_line_errors(lb):
 
 
 def test_eval_cli_prints_the_case(tiny_env, lb, tmp_path, capsys):
-    from mqbench.cli import main
+    from mqbench.cli.main import main
 
     path = tmp_path / "wn.py"
-    path.write_text('from mqbench.proxy import proxy\n\n@proxy(name="wn", version=1)\n'
+    path.write_text('from mqbench.proxy.contract import proxy\n\n@proxy(name="wn", version=1)\n'
                     'def wn(stats):\n    return [float(stats.weights[m].norm()) '
                     'for m in stats.modules]\n')
     args = ["eval", "--proxy", str(path), "--task", "tiny", "--quiet", "--bootstrap", "0"]

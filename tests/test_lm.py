@@ -91,7 +91,7 @@ def lm_env(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ quantizer
 def test_group_quantizer_hand_computed():
-    from mqbench.quant import quantize_groups
+    from mqbench.quant.quantizer import quantize_groups
 
     # One group [0, 1, 2, 3] at 2 bits: s = (3-0)/3 = 1, z = 0 -> exact.
     w = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
@@ -119,7 +119,7 @@ def test_group_quantizer_hand_computed():
 
 def test_group_quantizer_matches_reference_formula():
     """Independent re-statement of the per-group formula (AutoMixQ Eq. 1-2, AWQ's RTN)."""
-    from mqbench.quant import quantize_groups
+    from mqbench.quant.quantizer import quantize_groups
 
     w = torch.randn(4, 48, generator=torch.Generator().manual_seed(3))
     got = quantize_groups(w, 3, 16)
@@ -133,7 +133,7 @@ def test_group_quantizer_matches_reference_formula():
 
 
 def test_protection_strategies():
-    from mqbench.lm.automixq import Option, options, protected_channels
+    from mqbench.search.automixq.search import Option, options, protected_channels
 
     s = torch.tensor([5.0, 1.0, 9.0, 3.0, 7.0, 0.5, 2.0, 8.0])
     top = protected_channels(s, 0.25, both_ends=False)
@@ -146,8 +146,8 @@ def test_protection_strategies():
 
 
 def test_mixed_weight_protects_the_right_columns():
-    from mqbench.lm.automixq import mixed_weight
-    from mqbench.quant import quantize_groups
+    from mqbench.search.automixq.search import mixed_weight
+    from mqbench.quant.quantizer import quantize_groups
 
     w = torch.randn(6, 32, generator=torch.Generator().manual_seed(1))
     mask = torch.zeros(32, dtype=torch.bool)
@@ -159,8 +159,8 @@ def test_mixed_weight_protects_the_right_columns():
 
 # ------------------------------------------------------------------ data
 def test_corpus_split_by_file_and_windows(lm_env, tmp_path):
-    from mqbench.lm import corpus
-    from mqbench.tasks import load_task
+    from mqbench.task.text import corpus
+    from mqbench.task.spec import load_task
 
     spec = load_task("tinylm").data
     files = {s: {p.name for p in corpus.docs_files(spec, s)} for s in corpus.SPLITS}
@@ -175,8 +175,8 @@ def test_corpus_split_by_file_and_windows(lm_env, tmp_path):
 
 
 def test_text_too_short_for_context_is_one_line(lm_env):
-    from mqbench import data as D
-    from mqbench.tasks import load_task
+    from mqbench.task import datasets as D
+    from mqbench.task.spec import load_task
 
     root = load_task("tinylm").data.root
     (lm_env / "longctx.toml").write_text(TINY_LM.format(name="longctx", root=root,
@@ -186,8 +186,8 @@ def test_text_too_short_for_context_is_one_line(lm_env):
 
 
 def test_missing_corpus_and_bad_fields_are_one_line(lm_env, tmp_path):
-    from mqbench import data as D
-    from mqbench.tasks import parse_task
+    from mqbench.task import datasets as D
+    from mqbench.task.spec import parse_task
 
     text = TINY_LM.format(name="x", root=tmp_path / "nowhere", seq_len=32)
     with pytest.raises(MqbenchError, match="apt-get install python3.11-doc"):
@@ -203,8 +203,8 @@ def test_missing_corpus_and_bad_fields_are_one_line(lm_env, tmp_path):
 
 
 def test_tokenizer_is_deterministic_and_cached(lm_env):
-    from mqbench.lm import tokenize
-    from mqbench.tasks import load_task
+    from mqbench.task.text import tokenize
+    from mqbench.task.spec import load_task
 
     spec = load_task("tinylm").data
     enc, info = tokenize.load_tokenizer(spec)
@@ -222,8 +222,8 @@ def test_tokenizer_is_deterministic_and_cached(lm_env):
 # ------------------------------------------------------------------ model and evaluation
 def test_perplexity_matches_transformers(lm_env):
     """Our per-token evaluator against transformers' own shifted-label loss."""
-    from mqbench.bench import open_bench
-    from mqbench.tasks import load_task
+    from mqbench.truth.bench import open_bench
+    from mqbench.task.spec import load_task
 
     bench = open_bench(load_task("tinylm"), progress=False)
     ev = bench.evaluator(0)
@@ -242,8 +242,8 @@ def test_perplexity_matches_transformers(lm_env):
 
 
 def test_weights_are_deterministic(lm_env, tmp_path, monkeypatch):
-    from mqbench.bench import open_bench
-    from mqbench.tasks import load_task
+    from mqbench.truth.bench import open_bench
+    from mqbench.task.spec import load_task
 
     a = open_bench(load_task("tinylm"), progress=False).weights_manifest["checksum"]
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache2"))
@@ -253,14 +253,14 @@ def test_weights_are_deterministic(lm_env, tmp_path, monkeypatch):
 
 def test_lm_table_and_proxies(lm_env):
     """The LM task goes through the same table, proxy and harness machinery as vision."""
-    from mqbench.harness import EvalOptions, evaluate_proxy
-    from mqbench.proxy import get_proxy
-    from mqbench.table import build_table
-    from mqbench.tasks import load_task
+    from mqbench.scoring.harness import EvalOptions, evaluate_proxy
+    from mqbench.proxy.contract import get_proxy
+    from mqbench.truth.store import build_table
+    from mqbench.task.spec import load_task
 
     task = load_task("tinylm")
     build_table(task, progress=False)
-    from mqbench.table import load_table
+    from mqbench.truth.store import load_table
 
     table = load_table(task)
     kinds = table.rows.kind.value_counts().to_dict()
@@ -276,7 +276,7 @@ def test_lm_table_and_proxies(lm_env):
 
 # ------------------------------------------------------------------ AutoMixQ
 def test_distill_loss_by_hand():
-    from mqbench.lm.automixq import distill_loss
+    from mqbench.search.automixq.search import distill_loss
 
     q = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
     fp = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 0.0]])
@@ -291,10 +291,10 @@ def test_distill_loss_by_hand():
 def test_automixq_search_resume_and_report(lm_env, tmp_path):
     import dataclasses
 
-    from mqbench.bench import open_bench
-    from mqbench.lm.automixq import Search
-    from mqbench.lm.compare import compare, markdown, random_mixed
-    from mqbench.tasks import load_task
+    from mqbench.truth.bench import open_bench
+    from mqbench.search.automixq.search import Search
+    from mqbench.search.automixq.compare import compare, markdown, random_mixed
+    from mqbench.task.spec import load_task
 
     task = load_task("tinylm")
     bench = open_bench(task, progress=False)
@@ -323,7 +323,7 @@ def test_automixq_search_resume_and_report(lm_env, tmp_path):
 
 
 def test_automixq_bad_input(lm_env, tmp_path):
-    from mqbench.cli import main
+    from mqbench.cli.main import main
 
     (tmp_path / "x.json").write_text("{not json")
     assert main(["automixq", "--task", "tinylm", "--budgets", "1.5", "--quiet"]) == 2
@@ -369,7 +369,7 @@ def hf_env(tmp_path, monkeypatch):
     import datasets
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from mqbench.lm.tokenize import EOS, train_bpe
+    from mqbench.task.text.tokenize import EOS, train_bpe
 
     texts = [t for _, t in sorted(topics.items())]
     tok = PreTrainedTokenizerFast(tokenizer_object=train_bpe("\n\n".join(texts[:40]), 300),
@@ -396,8 +396,8 @@ def hf_env(tmp_path, monkeypatch):
 def test_hf_task_loads_and_matches_transformers(hf_env):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mqbench.bench import open_bench
-    from mqbench.tasks import load_task
+    from mqbench.truth.bench import open_bench
+    from mqbench.task.spec import load_task
 
     bench = open_bench(load_task("hflm"), progress=False)
     assert len(bench.space.units) == 7
@@ -420,7 +420,7 @@ def test_hf_task_loads_and_matches_transformers(hf_env):
 
 
 def test_hf_task_missing_model_or_data_is_one_line(hf_env, capsys):
-    from mqbench.cli import main
+    from mqbench.cli.main import main
 
     tasks = hf_env / "tasks"
     (tasks / "nomodel.toml").write_text(HF_TASK.format(
@@ -440,15 +440,15 @@ def test_automixq_beats_random_on_the_bundled_lm(tmp_path, monkeypatch):
     searched 2/4-bit configuration has lower test perplexity than random 2/4-bit mixes."""
     import dataclasses
 
-    from mqbench.bench import Evaluator, open_bench
-    from mqbench.lm.automixq import Search
-    from mqbench.lm.compare import heldout_metrics, random_mixed
-    from mqbench.lm.corpus import PYTHON_DOCS_DIR
-    from mqbench.tasks import load_task
-    from mqbench.train import shipped_dir
+    from mqbench.truth.bench import Evaluator, open_bench
+    from mqbench.search.automixq.search import Search
+    from mqbench.search.automixq.compare import heldout_metrics, random_mixed
+    from mqbench.task.text.corpus import PYTHON_DOCS_DIR
+    from mqbench.task.spec import load_task
+    from mqbench.paths import shipped_dir
 
     task = load_task("pydocs-llama")
-    if not PYTHON_DOCS_DIR.is_dir() or not (shipped_dir(task) / "weights.pt").exists():
+    if not PYTHON_DOCS_DIR.is_dir() or not (shipped_dir(task.key) / "weights.pt").exists():
         pytest.skip("needs python3.11-doc and the shipped pydocs-llama weights")
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
     task = dataclasses.replace(task, automixq=dataclasses.replace(task.automixq,
@@ -468,8 +468,8 @@ def test_hub_ids_fail_fast_offline(monkeypatch):
 
     from transformers import AutoTokenizer
 
-    from mqbench.lm import corpus, hub
-    from mqbench.tasks import load_task
+    from mqbench.task.text import corpus, hub
+    from mqbench.task.spec import load_task
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert not hub.reachable()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mqbench.errors import MqbenchError
-from mqbench.models import build_model
-from mqbench.tasks import ModelSpec
+from mqbench.task.models import build_model
+from mqbench.task.spec import ModelSpec
 
 
 def _no_download(*args, **kwargs):

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from conftest import write_task
 from torch import nn
 
-from mqbench.bench import open_bench
-from mqbench.conformance import check_proxy, default_configs
+from mqbench.truth.bench import open_bench
+from mqbench.proxy.conformance import check_proxy, default_configs
 from mqbench.errors import MqbenchError
-from mqbench.proxy import Proxy, damage_matrix, list_proxies
-from mqbench.stats import Stats, hessian_top_eig, hessian_trace
-from mqbench.tasks import load_task
+from mqbench.proxy.contract import Proxy, damage_matrix, list_proxies
+from mqbench.proxy.context import Stats, hessian_top_eig, hessian_trace
+from mqbench.task.spec import load_task
 
 PROXIES = list_proxies()
 BITS = (2, 4, 8)

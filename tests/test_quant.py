@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mqbench.errors import MqbenchError
-from mqbench.quant import (FP, LayerBits, WEIGHT_ALPHAS, calibrate_act, fold_batchnorm,
+from mqbench.quant.quantizer import (FP, LayerBits, WEIGHT_ALPHAS, calibrate_act, fold_batchnorm,
                            prepare, quantize, quantize_weight, weight_scale)
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mqbench import publish
-from mqbench import report as R
-from mqbench.cli import main
+from mqbench.board import publish
+from mqbench.board import report as R
+from mqbench.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDS = REPO / "leaderboard" / "records"
@@ -127,7 +127,7 @@ def test_downstream_table_ranks_within_budget_and_bolds_best():
 
 
 def test_pareto_front_matches_brute_force():
-    from mqbench.plots import pareto_front
+    from mqbench.board.plots import pareto_front
 
     rng = np.random.default_rng(0)
     size, acc = rng.integers(0, 30, 200).astype(float), rng.random(200).round(2)

@@ -14,7 +14,7 @@ import pytest
 import torch  # noqa: F401 - imported before forking, as in the harness (the child reuses it)
 
 from mqbench.errors import MqbenchError
-from mqbench.sandbox import layers, run_limited
+from mqbench.proxy.sandbox import layers, run_limited
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

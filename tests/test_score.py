@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mqbench import allocate as A
-from mqbench import score as S
+from mqbench.scoring import allocate as A
+from mqbench.scoring import metrics as S
 from mqbench.errors import MqbenchError
-from mqbench.harness import config_matrix, config_scores
-from mqbench.space import BitConfig, Space
+from mqbench.scoring.harness import config_matrix, config_scores
+from mqbench.quant.space import BitConfig, Space
 
 
 def test_correlations_match_scipy():

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import pytest
 
-from mqbench.bench import open_bench
-from mqbench.data import FMNIST_SYSTEM_DIR
-from mqbench.lm.corpus import PYTHON_DOCS_DIR
-from mqbench.space import BitConfig
-from mqbench.table import import_shipped, load_table
-from mqbench.tasks import load_task
-from mqbench.train import shipped_dir
+from mqbench.truth.bench import open_bench
+from mqbench.task.datasets import FMNIST_SYSTEM_DIR
+from mqbench.task.text.corpus import PYTHON_DOCS_DIR
+from mqbench.quant.space import BitConfig
+from mqbench.truth.store import import_shipped, load_table
+from mqbench.task.spec import load_task
+from mqbench.paths import shipped_dir
 
 BUNDLED = ["fmnist-resnet8", "fmnist-vit", "pydocs-llama"]
 
 
 def _need_shipped_and_data(task) -> None:
-    if not (shipped_dir(task) / "table.parquet").exists():
+    if not (shipped_dir(task.key) / "table.parquet").exists():
         pytest.skip(f"no shipped artifacts for {task.key}")
     if task.is_lm:
         if not PYTHON_DOCS_DIR.is_dir():
@@ -58,8 +58,9 @@ def test_cli_eval_on_the_default_bundled_task(tmp_path, monkeypatch, capsys):
     """The README's main job: `mqbench eval --proxy proxies/tap_best.py`, default task."""
     import json
 
-    from mqbench.cli import main
-    from mqbench.tasks import DEFAULT_TASK, REPO_ROOT
+    from mqbench.cli.main import main
+    from mqbench.paths import REPO_ROOT
+    from mqbench.task.spec import DEFAULT_TASK
 
     task = load_task(DEFAULT_TASK)
     _need_shipped_and_data(task)

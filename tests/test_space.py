@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mqbench.errors import MqbenchError
-from mqbench.space import BitConfig, build_space, sample_configs
+from mqbench.quant.space import BitConfig, build_space, sample_configs
 
 
 def _space(weight_bits=(2, 3, 4), act_bits=(8,)):

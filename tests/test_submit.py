@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import write_task
 
-from mqbench.cli import main
+from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
-from mqbench.submit import SubmitOptions, check_submission
+from mqbench.board.submit import SubmitOptions, check_submission
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = '''"""Weight norm times Hessian trace."""
@@ -49,7 +49,7 @@ OPTS = SubmitOptions(tasks=("tiny",), timeout=2, mem_mb=1024, bootstrap=0, progr
 
 def _proxy_file(folder: Path, name: str, body: str) -> Path:
     path = folder / f"{name}.py"
-    path.write_text('from mqbench.proxy import proxy\n\n'
+    path.write_text('from mqbench.proxy.contract import proxy\n\n'
                     f'@proxy(name="{name}", kind="layer")\ndef f(stats):\n    {body}\n')
     return path
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import write_task
-from mqbench.bench import open_bench
-from mqbench.cli import main
+from mqbench.truth.bench import open_bench
+from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
-from mqbench.table import build_table, load_table, plan, rows_checksum, table_path
-from mqbench.tasks import load_task
-from mqbench.train import load_or_train, train_model, weights_checksum
+from mqbench.truth.store import build_table, load_table, plan, rows_checksum, table_path
+from mqbench.task.spec import load_task
+from mqbench.task.train import load_or_train, train_model, weights_checksum
 
 
 def _rows(table):
@@ -43,7 +43,7 @@ def test_build_contents(tiny_env):
     assert w8.kl < w2.kl and w8.acc >= w2.acc  # 8 bits is closer to float than 2 bits
     # every row's metrics are reproduced by evaluating its configuration directly
     ev = bench.evaluator(task.seed)
-    from mqbench.space import BitConfig
+    from mqbench.quant.space import BitConfig
     row = t.kind("sample").iloc[5]
     m = ev.evaluate(BitConfig.from_key(row.key))
     assert (m.acc, m.loss, m.kl) == (row.acc, row.loss, row.kl)
@@ -82,10 +82,10 @@ def test_shards_merge_to_the_full_table(tiny_env):
     table_path(task).unlink()
     build_table(task, shard=(0, 2), progress=False)
     with pytest.raises(MqbenchError, match="missing"):
-        from mqbench.shards import merge_shards
+        from mqbench.truth.build import merge_shards
         merge_shards(task, 2, progress=False)
     build_table(task, shard=(1, 2), progress=False)
-    from mqbench.shards import merge_shards
+    from mqbench.truth.build import merge_shards
     merge_shards(task, 2, progress=False)
     assert load_table(task).meta["rows_checksum"] == full
 
@@ -120,8 +120,8 @@ def test_changed_task_is_refused(tiny_env):
 def test_retraining_is_deterministic(tiny_env):
     task = load_task("tiny")
     bench = open_bench(task, progress=False)
-    from mqbench import data as D
-    from mqbench.bench import seeded_model
+    from mqbench.task import datasets as D
+    from mqbench.truth.bench import seeded_model
     split = D.load_split(task.data, "train")
     sums = []
     for _ in range(2):
@@ -156,7 +156,7 @@ def test_cli_errors_are_one_line(tiny_env, capsys):
 
 
 def test_cli_build_and_show(tiny_env):
-    out = subprocess.run([sys.executable, "-m", "mqbench.cli", "build", "tiny", "--quiet"],
+    out = subprocess.run([sys.executable, "-m", "mqbench.cli.main", "build", "tiny", "--quiet"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "noise floor" in out.stdout and "rows" in out.stdout
@@ -178,7 +178,7 @@ def test_cli_measure_and_bad_configs(tiny_env, capsys):
 
 
 def test_parallel_build_matches_sequential(tiny_env):
-    from mqbench.shards import build_parallel
+    from mqbench.truth.build import build_parallel
 
     task = load_task("tiny")
     build_table(task, progress=False)
@@ -223,8 +223,8 @@ def test_gpu_table_matches_cpu(tiny_env, monkeypatch):
 
 def test_parallel_build_from_an_unguarded_stdin_script(tiny_env):
     """Spawned workers must not re-run the caller's script (no __main__ guard, stdin)."""
-    script = ("from mqbench.shards import build_parallel\n"
-              "from mqbench.tasks import load_task\n"
+    script = ("from mqbench.truth.build import build_parallel\n"
+              "from mqbench.task.spec import load_task\n"
               "print('RAN')\n"
               "build_parallel(load_task('tiny'), 2, progress=False)\n")
     out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,

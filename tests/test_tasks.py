@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mqbench import data as D
+from mqbench.task import datasets as D
 from mqbench.errors import MqbenchError
-from mqbench.models import build_model
-from mqbench.space import build_space
-from mqbench.tasks import list_tasks, load_task, parse_task
+from mqbench.task.models import build_model
+from mqbench.quant.space import build_space
+from mqbench.task.spec import list_tasks, load_task, parse_task
 
 TASK_FILES = sorted((Path(__file__).parent.parent / "tasks").glob("*.toml"))
 # Units per shipped task, counted by hand from the architectures (tied convs join a unit):
@@ -99,7 +99,7 @@ def test_shipped_task_space(path):
 def _lm_architecture(task):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from mqbench.lm.model import CausalLM, tiny_llama
+    from mqbench.task.text.model import CausalLM, tiny_llama
 
     if task.model.source == "train":
         return tiny_llama(task.model, task.data.vocab_size, task.data.seq_len).eval()

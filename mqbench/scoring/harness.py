@@ -1,0 +1,163 @@
+"""Score one proxy on one task: correlations, layer-level sensitivity, downstream allocation.
+
+Pipeline: load (or build, on first use) the task's table -> cached statistics -> run the proxy
+isolated (mqbench.proxy.sandbox) -> damage matrix -> a score for every configuration of the table
+(milliseconds) -> metrics -> ILP allocations under the task's budgets, quantized and
+evaluated with the task's quantizer -> TAP's fitness phi = alpha*rho_sens + (1-alpha)*Acc.
+
+Ground truth for the layer level: a unit's measured sensitivity is the cross-entropy increase
+when it alone is quantized to the lowest weight bit-width (the table's `layer` rows).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mqbench.errors import MqbenchError
+from mqbench.provenance import software
+from mqbench.proxy.context import Stats
+from mqbench.proxy.contract import Proxy, damage_matrix
+from mqbench.proxy.sandbox import run_limited
+from mqbench.quant.space import BitConfig
+from mqbench.scoring import allocate as A
+from mqbench.scoring import metrics as S
+from mqbench.task.spec import Task
+from mqbench.truth.bench import open_bench
+from mqbench.truth.build import ensure_table
+
+RECORD_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to run the harness."""
+
+    bootstrap: int = 1000
+    timeout: float = 120.0  # seconds for one proxy call
+    mem_mb: int = 4096
+    isolate: bool = True
+    progress: bool = True
+    downstream: bool = True
+
+
+def config_matrix(space, keys) -> np.ndarray:
+    """[configs, units] indices into the weight-bit choices (32 = float maps to -1)."""
+    lookup = {b: j for j, b in enumerate(space.weight_bits)}
+    return np.array([[lookup.get(b, -1) for b in BitConfig.from_key(k).w] for k in keys])
+
+
+def config_scores(damage: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Predicted quality of each configuration: minus its summed damage."""
+    units = np.arange(damage.shape[0])
+    return -damage[units[None, :], idx].sum(axis=1)
+
+
+def layer_truth(table, space) -> np.ndarray:
+    """Per-unit measured sensitivity: CE increase with the unit alone at the lowest bits."""
+    fp_loss = table.kind("fp").loss.iloc[0]
+    layer = table.kind("layer")
+    low = space.weight_bits[0]
+    out = np.full(len(space.units), np.nan)
+    for r in layer.itertuples():
+        u = space.units.index(r.unit)
+        if r.w_bits[u] == low:
+            out[u] = r.loss - fp_loss
+    return out
+
+
+def _call(p: Proxy, stats, configs, opts: EvalOptions):
+    args = (stats,) if p.kind != "config" else (stats, configs)
+    if not opts.isolate:
+        try:
+            return p.fn(*args)
+        except Exception as exc:
+            raise MqbenchError(f"proxy {p.name!r} raised {type(exc).__name__}: {exc}") from None
+    return run_limited(p.fn, args, name=p.name, timeout=opts.timeout, mem_mb=opts.mem_mb)
+
+
+def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> dict:
+    """Evaluate `p` on `task`; returns the result record (see leaderboard.py)."""
+    table = ensure_table(task, opts.progress)
+    bench = open_bench(task, opts.progress)
+    if table.meta.get("weights_checksum") != bench.weights_manifest.get("checksum", "pretrained"):
+        raise MqbenchError(f"the table of {task.key} was built from other model weights than the "
+                           f"cached ones; rebuild it with `mqbench build {task.name} --force`")
+    space = bench.space
+    stats = Stats(bench)
+    stats.compute_all()  # computed before the fork, so the isolated child only reads them
+    configs = table.configs()
+    keys = configs.key.to_numpy()
+    cfg_list = [BitConfig.from_key(k) for k in keys]
+
+    t0 = time.perf_counter()
+    raw = _call(p, stats, cfg_list, opts)
+    proxy_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if p.kind == "config":
+        scores = np.asarray(raw, dtype=float)
+        if scores.shape != (len(keys),) or not np.all(np.isfinite(scores)):
+            raise MqbenchError(f"proxy {p.name!r}: a config proxy must return {len(keys)} finite "
+                               f"scores, got shape {scores.shape}")
+        damage = sens = None
+    else:
+        damage, sens = damage_matrix(p, raw, stats)
+        scores = config_scores(damage, config_matrix(space, keys))
+    score_seconds = time.perf_counter() - t1
+
+    metrics = S.config_metrics(scores, table.quality(configs), keys, opts.bootstrap, task.seed)
+    metrics["kl_spearman"] = S.spearman(scores, -configs.kl.to_numpy())
+    truth = layer_truth(table, space)
+    metrics["layer_spearman"] = (S.spearman(sens, truth) if sens is not None else float("nan"))
+
+    downstream = []
+    if opts.downstream and damage is not None:
+        ev = bench.evaluator(task.seed)
+        fixed = A.fixed_indices(space, task.harness.fixed)
+        all_rows = table.rows[(table.rows.cal_seed == task.seed)
+                              & table.rows.kind.isin(["uniform", "sample"])]
+        for metric in ("size", "bops"):
+            cost = A.costs(space, metric)
+            column = "size_bits" if metric == "size" else "bops"
+            for avg in task.harness.budgets:
+                budget = A.budget_for(space, avg, metric)
+                cfg = A.allocation_config(space, A.allocate(damage, cost, budget, fixed))
+                m = ev.evaluate(cfg)
+                within = all_rows[all_rows[column] <= budget * (1 + 1e-9)]
+                best = float(within.acc.max()) if len(within) else float("nan")
+                downstream.append({"budget_avg_bits": avg, "metric": metric, "config": cfg.key,
+                                   "acc": m.acc, "loss": m.loss, "kl": m.kl,
+                                   "size_bits": space.size_bits(cfg), "bops": space.bops(cfg),
+                                   "best_table_acc": best, "gap_to_best": best - m.acc})
+    accs = [d["acc"] for d in downstream if d["metric"] == "size"]
+    alpha = task.harness.alpha
+    if accs and np.isfinite(metrics["layer_spearman"]):
+        metrics["fitness"] = alpha * metrics["layer_spearman"] + (1 - alpha) * float(np.mean(accs))
+    else:
+        metrics["fitness"] = float("nan")
+
+    return {
+        "schema_version": RECORD_SCHEMA,
+        "proxy": p.name, "proxy_version": p.version, "proxy_sha256": p.source_sha256,
+        "proxy_kind": p.kind, "paper": p.paper,
+        "task": task.name, "task_version": task.version, "task_checksum": task.checksum,
+        "table_checksum": table.meta["rows_checksum"], "seed": task.seed,
+        **software(),
+        # provenance of the ground-truth table the proxy was scored against
+        "table_provenance": {k: table.meta.get(k) for k in (
+            "package_version", "git_commit", "torch_version", "weights_checksum", "rows",
+            "eval_samples", "schema_version")},
+        "n_configs": len(keys), "bootstrap": opts.bootstrap,
+        "metrics": {k: (None if not np.isfinite(v) else round(float(v), 6))
+                    for k, v in metrics.items()},
+        "downstream": downstream,
+        "timing": {"proxy_seconds": round(proxy_seconds, 4),
+                   "score_seconds": round(score_seconds, 6),
+                   "per_config_ms": round(1000 * (proxy_seconds + score_seconds) / len(keys),
+                                          5)},
+        "sensitivity": (None if sens is None else
+                        {u: float(s) for u, s in zip(space.units, sens)}),
+        "scores": {k: float(s) for k, s in zip(keys, scores)},
+    }

@@ -1,0 +1,236 @@
+"""Datasets as uint8 image tensors plus labels, for bundled (offline) and real tasks.
+
+Every image loader returns `Split(x uint8 [N,C,H,W], y int64 [N])`; text loaders (see
+`mqbench.task.text`) return token windows `Split(x int64 [N,L], y int64 [N,L])`. Normalisation
+happens per batch on the way into the model, so ImageNet-sized evaluation sets stay 4x
+smaller in memory.
+Missing data is a one-line error that says how to provide it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mqbench.errors import MqbenchError
+from mqbench.task.spec import TEXT_DATASETS, DataSpec
+from mqbench.task.text import corpus, tokenize
+from mqbench.task.text.tokenize import vocab_size
+
+FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_STATS = {  # per-dataset channel statistics used to normalise inputs
+    "digits": ((0.3,), (0.37,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet-folder": (IMAGENET_MEAN, IMAGENET_STD),
+    "imagenet-hf": (IMAGENET_MEAN, IMAGENET_STD),
+}
+_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar10": 10, "imagenet-folder": 1000,
+            "imagenet-hf": 1000}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (uint8, NCHW) and integer labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, n: int, seed: int) -> "Split":
+        """A seeded random subset of n samples (all of them when n is 0 or too large)."""
+        idx = subset_indices(len(self), n, seed)
+        return self if idx is None else Split(self.x[idx], self.y[idx])
+
+
+def subset_indices(total: int, n: int, seed: int) -> torch.Tensor | None:
+    """Indices of a seeded random subset of n of total items; None means all of them."""
+    if n <= 0 or n >= total:
+        return None
+    return torch.from_numpy(np.random.default_rng(seed).permutation(total)[:n])
+
+
+def normalization(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel mean and std, shaped [1, C, 1, 1], for inputs scaled to [0, 1].
+
+    The task's own `data.mean`/`data.std` win over the dataset's statistics: a pretrained
+    checkpoint must see inputs normalised the way it was trained.
+    """
+    if spec.dataset in TEXT_DATASETS:  # token ids are not normalised
+        return torch.zeros(1), torch.ones(1)
+    mean, std = (spec.mean, spec.std) if spec.mean else _STATS[spec.dataset]
+    return (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
+
+
+def num_classes(spec: DataSpec) -> int:
+    """Output classes: the label count, or the tokenizer's vocabulary for text tasks."""
+    if spec.dataset in TEXT_DATASETS:
+
+        return vocab_size(spec)
+    return _CLASSES[spec.dataset]
+
+
+def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> normalised float input (token ids pass through unchanged)."""
+    if not x.dtype.is_floating_point and x.dtype != torch.uint8:
+        return x
+    return (x.float().div_(255.0) - mean) / std
+
+
+def load_split(spec: DataSpec, split: str, n: int = 0, seed: int = 0) -> Split:
+    """Load `split` ('train' or the task's eval split): a seeded subset of n samples, or all.
+
+    Large datasets decode only the chosen images, so a 1,024-image calibration set never
+    reads the whole ImageNet training folder.
+    """
+    if spec.dataset in TEXT_DATASETS:
+        return _text(spec, split).subset(n, seed)
+    if spec.dataset in ("imagenet-folder", "imagenet-hf"):
+        loader = _imagenet_folder if spec.dataset == "imagenet-folder" else _imagenet_hf
+        return loader(spec, split, n, seed)
+    loader = {"digits": _digits, "fashion-mnist": _fashion_mnist, "cifar10": _cifar10}
+    return loader[spec.dataset](spec, split).subset(n, seed)
+
+
+def _text(spec: DataSpec, split: str) -> Split:
+    """Token windows of a text split: x = tokens [N, seq_len], y = the next tokens."""
+
+    corpus.check_pinned(spec)
+    split = "validation" if split == "val" else split
+    x, y = corpus.windows(tokenize.token_stream(spec, split), spec.seq_len,
+                          f"the {split} split of {spec.dataset}")
+    return Split(x, y)
+
+
+def _digits(spec: DataSpec, split: str) -> Split:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    # A fixed permutation makes a stable 1297/500 train/test split (the dataset has none).
+    perm = torch.from_numpy(np.random.default_rng(12345).permutation(len(y)))
+    idx = perm[:1297] if split == "train" else perm[1297:]
+    return Split(x[idx].contiguous(), y[idx].contiguous())
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise MqbenchError(f"{path} is not an IDX file of unsigned bytes; re-download it")
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fmnist_dirs(spec: DataSpec) -> list[Path]:
+    dirs = []
+    for root in (spec.root, os.environ.get("MQBENCH_DATA", "")):
+        if root:
+            dirs += [Path(root), Path(root) / "fashion-mnist", Path(root) / "FashionMNIST" / "raw"]
+    return dirs + [FMNIST_SYSTEM_DIR]
+
+
+def _fashion_mnist(spec: DataSpec, split: str) -> Split:
+    prefix = "train" if split == "train" else "t10k"
+    for folder in _fmnist_dirs(spec):
+        for suffix in (".gz", ""):
+            images = folder / f"{prefix}-images-idx3-ubyte{suffix}"
+            labels = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
+            if images.exists() and labels.exists():
+                x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
+                y = torch.from_numpy(_read_idx(labels).astype(np.int64))
+                return Split(x, y)
+    looked = ", ".join(str(d) for d in _fmnist_dirs(spec))
+    raise MqbenchError(f"Fashion-MNIST not found (looked in {looked}); install it with "
+                       f"`apt-get install dataset-fashion-mnist`, or put the IDX files in a "
+                       f"folder and pass --data-dir / set MQBENCH_DATA")
+
+
+def _cifar10(spec: DataSpec, split: str) -> Split:
+    from torchvision.datasets import CIFAR10
+
+    root = spec.root or os.environ.get("MQBENCH_DATA", "")
+    try:
+        ds = CIFAR10(root or ".", train=(split == "train"), download=False)
+    except RuntimeError:
+        raise MqbenchError(f"CIFAR-10 not found under {root or '.'!r} (expects "
+                           f"cifar-10-batches-py/); download it once with torchvision "
+                           f"(`CIFAR10(root, download=True)`) and pass --data-dir") from None
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return Split(x, torch.tensor(ds.targets, dtype=torch.int64))
+
+
+def _imagenet_transform(size: int):
+    from torchvision import transforms as T
+
+    size = size or 224
+    return T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
+
+
+def _stack(images, labels, transform) -> Split:
+
+    xs = [transform(img.convert("RGB")) for img in tqdm(images, desc="decode", leave=False,
+                                                        total=len(labels))]
+    if not xs:
+        raise MqbenchError("the dataset split is empty; point --data-dir at a non-empty folder")
+    return Split(torch.stack(xs), torch.tensor(labels, dtype=torch.int64))
+
+
+def _imagenet_folder(spec: DataSpec, split: str, n: int, seed: int) -> Split:
+    """ImageNet laid out as ROOT/{train,val}/<wnid>/*.JPEG (torchvision ImageFolder)."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(spec.root or os.environ.get("MQBENCH_DATA", ""))
+    folder = root / ("train" if split == "train" else split)
+    if not spec.root and not os.environ.get("MQBENCH_DATA") or not folder.is_dir():
+        raise MqbenchError(f"ImageNet folder {folder} not found; pass --data-dir pointing at a "
+                           f"folder with train/ and {split}/ subfolders of class folders")
+    ds = ImageFolder(str(folder))
+    idx = subset_indices(len(ds.samples), n, seed)
+    chosen = [ds.samples[i] for i in (range(len(ds.samples)) if idx is None else idx.tolist())]
+    from PIL import Image
+
+    def images():
+        for path, _ in chosen:
+            with Image.open(path) as img:
+                yield img.convert("RGB")
+
+    return _stack(images(), [t for _, t in chosen], _imagenet_transform(spec.image_size))
+
+
+def _imagenet_hf(spec: DataSpec, split: str, n: int, seed: int) -> Split:
+    """ImageNet from Hugging Face `datasets` (a hub id or a local path), columns image/label."""
+    try:
+        import datasets
+    except ImportError:
+        raise MqbenchError("the imagenet-hf dataset needs Hugging Face datasets: "
+                           "pip install 'mqbench[hf]'") from None
+    name = spec.root or spec.hf_name
+    hf_split = "train" if split == "train" else ("validation" if split in ("val", "test")
+                                                 else split)
+    try:
+        ds = datasets.load_dataset(name, split=hf_split)
+    except Exception as exc:
+        raise MqbenchError(f"could not load Hugging Face dataset {name!r} split {hf_split!r} "
+                           f"({type(exc).__name__}); log in and download it once, or pass a "
+                           f"local copy with --data-dir") from None
+    idx = subset_indices(len(ds), n, seed)
+    if idx is not None:
+        ds = ds.select(idx.tolist())
+    # Rows are decoded one at a time: `ds["image"]` would decode the whole column at once in
+    # datasets < 4 (gigabytes for an ImageNet evaluation set).
+    return _stack((row["image"] for row in ds), list(ds["label"]),
+                  _imagenet_transform(spec.image_size))
