@@ -2,8 +2,8 @@
 python -m pytest tests/test_benchmarks_discover.py -m benchmark --benchmark-enable
 
 Target (issue 5): isolation overhead per candidate < 50 ms, i.e. scoring a trivial valid
-proxy through the sandboxed worker (`llm_loop.score_code`: fork, confinement layers, limits,
-result through a pipe) minus doing the same steps in-process. Uses the bundled
+proxy through the sandboxed worker (`generator_llm.score_code`: fork, confinement layers,
+limits, result through a pipe) minus doing the same steps in-process. Uses the bundled
 fmnist-resnet8 task when its data is installed (a realistic parent process to fork), else
 the tiny digits task of conftest.py.
 """
@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from mqbench.search.evolution.fitness import context, from_damage
-from mqbench.search.evolution.llm_loop import score_code
 from mqbench.proxy.contract import Proxy, damage_matrix, load_proxy_file
+from mqbench.search.evolution.fitness import context, from_damage
+from mqbench.search.evolution.generator_llm import score_code
+from mqbench.search.evolution.loop import signature
 from mqbench.task.spec import load_task
 
 pytestmark = pytest.mark.benchmark
@@ -46,13 +47,15 @@ def test_sandbox_overhead_per_candidate(benchmark, tiny_env, tmp_path):
         p = load_proxy_file(path)
         damage, sens = damage_matrix(Proxy("candidate", 1, "", p.kind, None), p.fn(ctx.stats),
                                      ctx.stats)
+        signature(sens)
         return from_damage(ctx, damage, sens, spearman=False).phi
 
     def sandboxed():
         return score_code(ctx, TRIVIAL, scratch, "bench", timeout=10.0, mem_mb=2048)
 
-    phi, why = sandboxed()
-    assert why == "" and phi == pytest.approx(in_process())  # same candidate, same fitness
+    scored = sandboxed()
+    assert scored.why == "" and scored.signature  # same candidate, same fitness:
+    assert scored.fitness.phi == pytest.approx(in_process())
     local = []
     for _ in range(20):
         t = time.perf_counter()

@@ -1,22 +1,27 @@
-"""Symbolic proxy discovery: trees, fitness against the harness, the loop, checkpoints, CLI."""
+"""Symbolic proxy discovery: trees, fitness against the harness, the loop, checkpoints and
+the candidate log, the CLI, and the shipped discovered proxy reproduced."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mqbench.scoring import allocate as A
 from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
+from mqbench.proxy.contract import get_proxy, load_proxy_file
+from mqbench.scoring import allocate as A
+from mqbench.scoring.harness import EvalOptions, evaluate_proxy
 from mqbench.search.evolution import symbolic as T
+from mqbench.search.evolution.discover import discover
 from mqbench.search.evolution.features import FEATURES, module_features
 from mqbench.search.evolution.fitness import context, from_sensitivity, proxy_fitness
-from mqbench.search.evolution.loop import Settings, load, run, save
-from mqbench.scoring.harness import EvalOptions, evaluate_proxy
-from mqbench.proxy.contract import get_proxy, load_proxy_file
+from mqbench.search.evolution.generator_symbolic import SymbolicGenerator
+from mqbench.search.evolution.loop import CANDIDATES, CHECKPOINT, Settings, load, run, save
 from mqbench.task.spec import load_task
 
 
@@ -57,16 +62,16 @@ def test_fitness_agrees_with_the_harness(ctx):
     fit = proxy_fitness(ctx, p)
     rec = evaluate_proxy(p, ctx.task, EvalOptions(bootstrap=0, isolate=False, progress=False,
                                                   downstream=False))
-    assert fit.rho_sens == pytest.approx(rec["metrics"]["layer_spearman"], abs=1e-6)
-    assert fit.spearman == pytest.approx(rec["metrics"]["spearman"], abs=1e-6)
+    assert fit.rho_sens == pytest.approx(rec.metrics["layer_spearman"], abs=1e-6)
+    assert fit.spearman == pytest.approx(rec.metrics["spearman"], abs=1e-6)
     # Acc by hand: per budget, the table configuration with the best proxy score in budget
     from mqbench.truth.bench import open_bench
-    from mqbench.scoring.harness import ensure_table
+    from mqbench.truth.build import ensure_table
 
     table, space = ensure_table(ctx.task, False), open_bench(ctx.task, False).space
     rows = table.rows[(table.rows.cal_seed == ctx.task.seed)
                       & table.rows.kind.isin(["uniform", "sample"])].drop_duplicates("key")
-    scores = np.array([rec["scores"][k] for k in rows.key])
+    scores = np.array([rec.scores[k] for k in rows.key])
     accs = []
     for b in ctx.task.harness.budgets:
         ok = (rows.size_bits <= A.budget_for(space, b, "size") * (1 + 1e-9)).to_numpy()
@@ -95,22 +100,36 @@ def test_rendered_proxy_computes_what_was_scored(ctx, tmp_path):
     assert proxy_fitness(ctx, p) == from_sensitivity(ctx, got, spearman=True)
 
 
+def _log(workdir):
+    return [json.loads(line) for line in (workdir / CANDIDATES).read_text().splitlines()]
+
+
 def test_loop_is_monotone_deterministic_and_resumes_exactly(ctx, tmp_path):
     s = Settings("tiny", generations=4, population=12, seed=3)
-    full = run(ctx, s, tmp_path / "full.json", progress=False)
+    gen = SymbolicGenerator(s)
+    full = run(ctx, gen, s, tmp_path / "full", progress=False)
     best = [h["best"] for h in full.history]
     assert len(best) == 5 and best == sorted(best)  # best-so-far never decreases
     # every generation evaluates exactly `population` children after the initial fill
-    assert full.evaluated == full.history[0]["evaluated"] + 4 * 12
-    assert all(m.phi > -math.inf for m in full.members)
-    again = run(ctx, s, None, progress=False)
-    assert [m.tree for m in again.members] == [m.tree for m in full.members]
-    ck = tmp_path / "part.json"
-    run(ctx, s, ck, progress=False, stop_after=2)  # "killed" after 2 generations
-    assert json.loads(ck.read_text())["generation"] == 2
-    resumed = run(ctx, s, ck, resume=True, progress=False)
-    assert [m.tree for m in resumed.members] == [m.tree for m in full.members]
+    assert s.children == 12 and full.evaluated == full.history[0]["evaluated"] + 4 * 12
+    assert all(m.phi > -math.inf and m.why == "" for m in full.members)
+    assert len({m.signature for m in full.members}) == 12  # no two members behave alike
+    # the log holds every evaluated candidate once, with the loop's counts
+    log = _log(tmp_path / "full")
+    assert [c["order"] for c in log] == list(range(1, full.evaluated + 1))
+    assert sum(c["phi"] is None for c in log) == full.invalid
+    assert sum(c["why"] == "duplicate behaviour" for c in log) == full.duplicates
+    again = run(ctx, gen, s, None, progress=False)
+    assert [m.genome for m in again.members] == [m.genome for m in full.members]
+    part = tmp_path / "part"
+    run(ctx, gen, s, part, progress=False, stop_after=2)  # "killed" after 2 generations
+    assert json.loads((part / CHECKPOINT).read_text())["generation"] == 2
+    with open(part / CANDIDATES, "a") as f:  # ... while logging a 3rd, before its checkpoint
+        f.write(json.dumps({"order": 10_000, "genome": ["f", "w_sq"]}) + "\n")
+    resumed = run(ctx, gen, s, part, resume=True, progress=False)
+    assert [m.genome for m in resumed.members] == [m.genome for m in full.members]
     assert resumed.history == full.history and resumed.evaluated == full.evaluated
+    assert _log(part) == log
 
 
 def test_bad_checkpoints_are_one_line_errors(ctx, tmp_path):
@@ -120,9 +139,16 @@ def test_bad_checkpoints_are_one_line_errors(ctx, tmp_path):
     with pytest.raises(MqbenchError, match="malformed checkpoint"):
         load(bad, s)
     good = tmp_path / "good.json"
-    save(run(ctx, s, None, progress=False), good)
+    save(run(ctx, SymbolicGenerator(s), s, None, progress=False), good)
     with pytest.raises(MqbenchError, match="other settings.*population"):
         load(good, Settings("tiny", generations=1, population=8))
+    with pytest.raises(MqbenchError, match="other settings.*generator"):
+        load(good, Settings("tiny", generator="openai", generations=1, population=6))
+    assert load(good, Settings("tiny", generations=5, population=6)).settings.generations == 5
+    with pytest.raises(MqbenchError, match="--population >= 2"):
+        Settings("tiny", population=1)
+    with pytest.raises(MqbenchError, match="unknown generator 'gpt'"):
+        Settings("tiny", generator="gpt")
 
 
 def test_discover_cli_writes_a_registered_proxy(tiny_env, tmp_path, capsys):
@@ -144,9 +170,29 @@ def test_discover_cli_writes_a_registered_proxy(tiny_env, tmp_path, capsys):
 def test_discovered_proxy_ships_with_consistent_docstring():
     p = get_proxy("discovered_symbolic")
     assert p.kind == "layer"
-    text = open(p.path).read()
+    text = Path(p.path).read_text()
     assert "Training task fmnist-resnet8: fitness" in text
     assert "Held-out task fmnist-vit (no tuning on it)" in text
+
+
+@pytest.mark.slow
+def test_symbolic_search_reproduces_the_shipped_proxy(tmp_path):
+    """The settings in its docstring (`mqbench discover --task fmnist-resnet8 --holdout
+    fmnist-vit --generations 40`, population 64, seed 0) write the shipped file again."""
+    from mqbench.task.datasets import FMNIST_SYSTEM_DIR
+
+    if not (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("needs Fashion-MNIST in " + str(FMNIST_SYSTEM_DIR))
+    task = load_task("fmnist-resnet8")
+    rep = discover(task, Settings(task.name, generations=40), tmp_path / "discovered_symbolic.py",
+                   holdout=(load_task("fmnist-vit"),), progress=False)
+    assert rep.best.born == 38 and rep.state.evaluated == 2662
+    # The shipped file says 3 invalid: it predates the screen that also counts a constant
+    # tree (e.g. x - x) as invalid (4 here); that screen changes no kept candidate.
+    count = re.compile(r"\(\d+ invalid, ")
+    shipped = Path(get_proxy("discovered_symbolic").path).read_text()
+    assert count.sub("(_ invalid, ", rep.path.read_text()) == count.sub("(_ invalid, ", shipped)
+    assert rep.state.invalid == 4
 
 
 @pytest.mark.benchmark

@@ -15,17 +15,17 @@ import pytest
 from test_evolution_llm import GOOD, GOOD2, NO_CODE, SYNTAX
 
 from mqbench.errors import MqbenchError
-from mqbench.search.evolution import llm_loop as LL
+from mqbench.search.evolution import generator_llm as LL
+from mqbench.search.evolution.chat import extract
+from mqbench.search.evolution.chat_hf import HFChat, answer_ids, load_model
 from mqbench.search.evolution.generator_dpo import (
     DPOSettings,
     GeneratorDPO,
-    Pair,
-    build_pairs,
     dpo_update,
     logp_margins,
 )
-from mqbench.search.evolution.generators import extract
-from mqbench.search.evolution.hf_generator import HFGenerator, answer_ids, load_model
+from mqbench.search.evolution.generator_llm import Pair, build_pairs
+from mqbench.search.evolution.loop import CHECKPOINT
 
 PROSE = ("Mixed-precision quantization assigns each layer a bit-width. A sensitive layer "
          "loses accuracy when quantized, so it should keep more bits.")
@@ -89,7 +89,7 @@ def tiny_llm(tmp_path_factory):
 def test_generation_from_a_local_path_is_seeded_counted_and_cached(tiny_llm, tmp_path):
     import torch
 
-    gen = HFGenerator(tiny_llm, cache_dir=tmp_path / "cache", max_new_tokens=64)
+    gen = HFChat(tiny_llm, cache_dir=tmp_path / "cache", max_new_tokens=64)
     msgs = LL.prompt("init", [], np.random.default_rng(0))
     state = torch.get_rng_state()
     a = gen.complete(msgs, 2, temperature=1.0, seed=3)
@@ -98,10 +98,10 @@ def test_generation_from_a_local_path_is_seeded_counted_and_cached(tiny_llm, tmp
     assert all(0 < c.completion_tokens <= 64 and c.cost_usd == 0 for c in a)
     assert gen.usage.requests == 2 and gen.usage.completion_tokens == sum(
         c.completion_tokens for c in a)
-    fresh = HFGenerator(tiny_llm, max_new_tokens=64)  # no cache: same seeds, same answers
+    fresh = HFChat(tiny_llm, max_new_tokens=64)  # no cache: same seeds, same answers
     assert [c.text for c in fresh.complete(msgs, 2, temperature=1.0, seed=3)] == \
         [c.text for c in a]
-    again = HFGenerator(tiny_llm, cache_dir=tmp_path / "cache", max_new_tokens=64)
+    again = HFChat(tiny_llm, cache_dir=tmp_path / "cache", max_new_tokens=64)
     b = again.complete(msgs, 2, temperature=1.0, seed=3)
     assert [c.text for c in b] == [c.text for c in a] and all(c.cached for c in b)
     assert again.usage.requests == 0 and again.usage.cached == 2
@@ -125,26 +125,26 @@ def test_pairs_margin_duplicates_invalid_and_same_prompt_only():
         "i": _child("P2", -math.inf, PROSE),  # invalid vs invalid: no pair
     }
     name = {k["answer"] + k["prompt"]: n for n, k in kids.items()}
-    pairs = build_pairs(list(kids.values()), LL.chat, margin=0.01, max_similarity=0.95)
+    pairs = build_pairs(list(kids.values()), margin=0.01, max_similarity=0.95)
     got = {(name[p.chosen + p.messages[-1]["content"]],
             name[p.rejected + p.messages[-1]["content"]]) for p in pairs}
     assert got == {("a", "b"), ("a", "c"), ("d", "b"), ("d", "c"), ("b", "c"),
                    ("e", "h"), ("e", "i"), ("f", "e"), ("f", "h"), ("f", "i"),
                    ("g", "e"), ("g", "h"), ("g", "i")}
-    assert all(p.messages == LL.chat(p.messages[-1]["content"]) for p in pairs)
+    assert all(p.messages == LL.messages(p.messages[-1]["content"]) for p in pairs)
     assert [p.gap for p in pairs if (p.chosen, p.rejected) == (GOOD, GOOD2)] == \
         [pytest.approx(0.2)]
     # a larger margin keeps only the wide gaps; a lower similarity limit drops more pairs
-    wide = build_pairs(list(kids.values()), LL.chat, margin=0.5)
+    wide = build_pairs(list(kids.values()), margin=0.5)
     assert all(p.gap >= 0.5 for p in wide) and len(wide) == 10
-    strict = build_pairs(list(kids.values()), LL.chat, margin=0.01, max_similarity=0.3)
+    strict = build_pairs(list(kids.values()), margin=0.01, max_similarity=0.3)
     assert len(strict) < len(pairs)
 
 
 def test_dpo_update_raises_the_margin_and_the_adapter_round_trips(tiny_llm, tmp_path):
     init = LL.prompt("init", [], np.random.default_rng(0))
     pairs = [Pair(init, GOOD, NO_CODE, math.inf), Pair(init, GOOD2, SYNTAX, math.inf),
-             Pair(LL.chat("Propose a proxy."), GOOD, PROSE, 0.3)]
+             Pair(LL.messages("Propose a proxy."), GOOD, PROSE, 0.3)]
     model, tok = load_model(tiny_llm)
     before = logp_margins(model, tok, pairs)
     stats = dpo_update(tiny_llm, None, pairs, tmp_path / "adapter", DPOSettings())
@@ -155,7 +155,7 @@ def test_dpo_update_raises_the_margin_and_the_adapter_round_trips(tiny_llm, tmp_
     after = logp_margins(reloaded, tok, pairs)
     assert after.mean() == pytest.approx(stats.margin_after, rel=1e-6, abs=1e-6)
     # the generator continues from the adapter, and its cache key changes with it
-    gen = HFGenerator(tiny_llm, max_new_tokens=8)
+    gen = HFChat(tiny_llm, max_new_tokens=8)
     base_key = gen._key(init, 1.0, 0, 0)
     gen.use_adapter(tmp_path / "adapter")
     assert gen._key(init, 1.0, 0, 0) != base_key
@@ -177,7 +177,7 @@ def test_discover_cli_with_the_hf_generator_and_resume(tiny_env, tiny_llm, tmp_p
             "--checkpoint", str(run), "--quiet"]
     assert main(base + ["--generations", "1"]) in (0, None)
     msg = capsys.readouterr().out
-    ckpt = json.loads((run / "checkpoint.json").read_text())
+    ckpt = json.loads((run / CHECKPOINT).read_text())
     dpo = ckpt["generator"]["dpo"]
     assert [d["generation"] for d in dpo] == [0, 1]
     trained = [d for d in dpo if d["pairs"]]
@@ -188,14 +188,13 @@ def test_discover_cli_with_the_hf_generator_and_resume(tiny_env, tiny_llm, tmp_p
     assert ckpt["invalid"] > 0 and ckpt["evaluated"] == 4 + 16  # junk answers: recorded
     assert (run / "pairs.jsonl").exists()
     # resuming picks up the adapter from the checkpoint ...
-    gen = HFGenerator(tiny_llm, max_new_tokens=8)
-    hook = GeneratorDPO(gen, run, LL.chat)
-    state = LL.LLMState(LL.LLMSettings("tiny"), generator=ckpt["generator"])
-    hook.start(state)
+    gen = HFChat(tiny_llm, max_new_tokens=8)
+    hook = GeneratorDPO(gen, run)
+    hook.start(dict(ckpt["generator"]))
     assert gen.adapter == str(run / ckpt["generator"]["adapter"])
     # ... and the CLI continues the run with it for one more generation
     assert main(base + ["--generations", "2", "--resume"]) in (0, None)
-    more = json.loads((run / "checkpoint.json").read_text())
+    more = json.loads((run / CHECKPOINT).read_text())
     assert more["generation"] == 2 and more["history"][:2] == ckpt["history"]
     assert [d["generation"] for d in more["generator"]["dpo"]] == [0, 1, 2]
 
@@ -229,7 +228,7 @@ def test_bad_model_path_and_missing_trl_are_one_line_errors(tiny_llm, tmp_path, 
     err = capsys.readouterr().err
     assert "pip install -e '.[discover-hf]'" in err and len(err.splitlines()) == 1
     # without DPO the generator itself needs neither
-    assert isinstance(HFGenerator(tiny_llm, max_new_tokens=4), HFGenerator)
+    assert isinstance(HFChat(tiny_llm, max_new_tokens=4), HFChat)
 
 
 CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"
@@ -246,8 +245,8 @@ def test_a_chat_template_is_used_for_generation_and_dpo_alike(tiny_llm, tmp_path
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.chat_template = CHAT
     tok.save_pretrained(model_dir)
-    gen = HFGenerator(model_dir, max_new_tokens=16)
-    msgs = LL.chat("Propose a proxy.")
+    gen = HFChat(model_dir, max_new_tokens=16)
+    msgs = LL.messages("Propose a proxy.")
     expected = tok("<|system|>\n" + LL.SYSTEM + "<eos>\n<|user|>\nPropose a proxy.<eos>\n"
                    "<|assistant|>\n", add_special_tokens=False)["input_ids"]
     p, a = answer_ids(gen.tok, msgs, GOOD)

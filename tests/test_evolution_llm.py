@@ -1,5 +1,6 @@
-"""The LLM path of `mqbench discover`: OpenAI-compatible generator against a local replay
-server, isolated scoring of hostile answers, checkpoint/cache on resume, the DPO scheduler."""
+"""The LLM path of `mqbench discover`: the OpenAI-compatible chat against a local replay
+server, isolated scoring of hostile answers, duplicate screening, checkpoint/cache on resume,
+the DPO scheduler."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 
 from mqbench.errors import MqbenchError
+from mqbench.search.evolution.chat import OpenAIChat, extract
 from mqbench.search.evolution.fitness import context
-from mqbench.search.evolution.generators import OpenAIGenerator, extract
-from mqbench.search.evolution.llm_loop import LLMSettings, run_llm
+from mqbench.search.evolution.generator_llm import PAIRS, LLMGenerator
+from mqbench.search.evolution.loop import CANDIDATES, CHECKPOINT, DUPLICATE, Settings, run
 from mqbench.search.evolution.scheduler import Scheduler
 from mqbench.task.spec import load_task
 
@@ -97,72 +99,97 @@ MSG = [{"role": "user", "content": "hi"}]
 def test_extract_reasoning_and_code():
     reasoning, code = extract(GOOD)
     assert reasoning == "Hessian trace per parameter, as HAWQ-V2."
-    assert code.startswith("from mqbench.proxy.contract import proxy") and code.endswith("]\n")
+    assert code.startswith("from mqbench.proxy import proxy") and code.endswith("]\n")
     assert extract(NO_CODE) is None and extract("```python\n```") is None
 
 
 def test_generator_retries_accounts_and_caches(replay, tmp_path):
     replay.fail_first = 2
-    gen = OpenAIGenerator(model="m", base_url=replay.url, cache_dir=tmp_path, backoff_s=0.01,
+    gen = OpenAIChat(model="m", base_url=replay.url, cache_dir=tmp_path, backoff_s=0.01,
                           price_in=1.0, price_out=2.0)
     out = gen.complete(MSG, 2, temperature=0.5, seed=1)
     assert [c.text for c in out] == ANSWERS[:2] and not any(c.cached for c in out)
     assert gen.usage.retries == 2 and gen.usage.requests == 2 and replay.requests == 4
     assert gen.usage.prompt_tokens == 200 and gen.usage.completion_tokens == 100
     assert gen.usage.cost_usd == pytest.approx((200 * 1.0 + 100 * 2.0) / 1e6)
-    again = OpenAIGenerator(model="m", base_url=replay.url, cache_dir=tmp_path)
+    again = OpenAIChat(model="m", base_url=replay.url, cache_dir=tmp_path)
     assert [c.text for c in again.complete(MSG, 2, temperature=0.5, seed=1)] == ANSWERS[:2]
     assert replay.requests == 4 and again.usage.cached == 2  # nothing paid twice
 
 
 def test_generator_errors_are_one_line(replay):
     with pytest.raises(MqbenchError, match="refused the API key"):
-        OpenAIGenerator(model="m", base_url=replay.url, api_key="bad").complete(
+        OpenAIChat(model="m", base_url=replay.url, api_key="bad").complete(
             MSG, 1, temperature=0, seed=0)
     with pytest.raises(MqbenchError, match="'nope' not found"):
-        OpenAIGenerator(model="nope", base_url=replay.url).complete(MSG, 1, temperature=0,
+        OpenAIChat(model="nope", base_url=replay.url).complete(MSG, 1, temperature=0,
                                                                    seed=0)
-    dead = OpenAIGenerator(model="m", base_url="http://127.0.0.1:9/v1", max_retries=1,
+    dead = OpenAIChat(model="m", base_url="http://127.0.0.1:9/v1", max_retries=1,
                            backoff_s=0.01, timeout_s=2)
     with pytest.raises(MqbenchError, match="cannot reach the LLM endpoint"):
         dead.complete(MSG, 1, temperature=0, seed=0)
     with pytest.raises(MqbenchError, match="no LLM model"):
-        OpenAIGenerator(base_url=replay.url)
+        OpenAIChat(base_url=replay.url)
+
+
+def _llm_run(ctx, chat, workdir, generations, resume=False):
+    s = Settings("tiny", generator="openai", generations=generations, population=8,
+                 children=4, timeout=3.0)
+    return run(ctx, LLMGenerator(chat, s, workdir), s, workdir, resume=resume, progress=False)
 
 
 def test_llm_loop_end_to_end_with_hostile_answers(tiny_env, replay, tmp_path):
     ctx = context(load_task("tiny"))
-    gen = OpenAIGenerator(model="m", base_url=replay.url, cache_dir=tmp_path / "cache")
-    s0 = LLMSettings("tiny", generations=0, population=8, children=2, timeout=3.0)
-    first = run_llm(ctx, gen, s0, tmp_path / "run", progress=False)  # the initial population
-    why = [c["why"] for c in first.members]
-    assert sum(w == "" for w in why) == 2 and first.invalid == 6  # GOOD and GOOD2 only
+    chat = OpenAIChat(model="m", base_url=replay.url, cache_dir=tmp_path / "cache")
+    workdir = tmp_path / "run"
+    first = _llm_run(ctx, chat, workdir, 0)  # the initial population
+    log = [json.loads(line) for line in (workdir / CANDIDATES).read_text().splitlines()]
+    why = [c["why"] for c in log]
+    assert len(log) == 8 and sum(w == "" for w in why) == 2  # GOOD and GOOD2 only
+    assert first.invalid == 6 and first.evaluated == 8
+    assert sorted(m.order for m in first.members) == [1, 8]  # invalid answers are not kept
     assert any("time limit" in w for w in why)  # the infinite loop was killed
     assert any("NaN" in w for w in why) and "no code block" in why
     assert any("SyntaxError" in w for w in why)
     assert any("broke the sandbox: writing /tmp/mqbench_pwned" in w for w in why)
     assert any("broke the sandbox: network access" in w for w in why)
     assert not os.path.exists("/tmp/mqbench_pwned")  # the sandbox refused the write
-    s = LLMSettings("tiny", generations=1, population=8, children=2, timeout=3.0)
-    state = run_llm(ctx, gen, s, tmp_path / "run", resume=True, progress=False)
-    assert state.evaluated == 8 + 2 * 2
-    assert math.isfinite(state.history[-1]["best"])
-    assert all("stats.hessian_trace" in c["code"] for c in state.library)
-    assert (tmp_path / "run" / "checkpoint.json").exists()
-    for line in (tmp_path / "run" / "pairs.jsonl").read_text().splitlines():
-        pair = json.loads(line)
+    state = _llm_run(ctx, chat, workdir, 1, resume=True)
+    assert state.evaluated == 8 + 4 and math.isfinite(state.history[-1]["best"])
+    # The replay repeats GOOD in generation 1: same behaviour as a member, screened out.
+    log = [json.loads(line) for line in (workdir / CANDIDATES).read_text().splitlines()]
+    assert [c["why"] for c in log[8:]].count(DUPLICATE) == state.duplicates == 1
+    assert sorted(m.order for m in state.members) == [1, 8]  # nothing better came
+    assert all("stats.hessian_trace" in c["code"] for c in state.generator["library"])
+    assert (workdir / CHECKPOINT).exists()
+    pairs = [json.loads(line) for line in (workdir / PAIRS).read_text().splitlines()]
+    assert pairs and pairs == state.generator["pairs"]
+    for pair in pairs:
         assert set(pair) == {"prompt", "chosen", "rejected"}
+        assert extract(pair["chosen"]) is not None  # the chosen answer always has code
     before = replay.requests
-    resumed = run_llm(ctx, gen, s, tmp_path / "run", resume=True, progress=False)
+    resumed = _llm_run(ctx, chat, workdir, 1, resume=True)
     assert replay.requests == before and resumed.history == state.history
-    more = run_llm(ctx, OpenAIGenerator(model="m", base_url=replay.url,
-                                        cache_dir=tmp_path / "cache"),
-                   LLMSettings("tiny", generations=2, population=8, children=2, timeout=3.0),
-                   tmp_path / "run", resume=True, progress=False)
+    more = _llm_run(ctx, OpenAIChat(model="m", base_url=replay.url,
+                                    cache_dir=tmp_path / "cache"), workdir, 2, resume=True)
     assert more.generation == 2 and len(more.history) == 3
-    (tmp_path / "run" / "checkpoint.json").write_text("{broken")
+    assert [h["best"] for h in more.history] == sorted(h["best"] for h in more.history)
+    (workdir / CHECKPOINT).write_text("{broken")
     with pytest.raises(MqbenchError, match="malformed checkpoint"):
-        run_llm(ctx, gen, s, tmp_path / "run", resume=True, progress=False)
+        _llm_run(ctx, chat, workdir, 1, resume=True)
+
+
+def test_no_answer_is_requested_where_the_sandbox_cannot_run(replay, tmp_path, monkeypatch):
+    from mqbench.search.evolution import generator_llm
+
+    def unavailable():
+        raise MqbenchError("the proxy sandbox cannot run here: no namespaces")
+
+    monkeypatch.setattr(generator_llm, "layers", unavailable)
+    chat = OpenAIChat(model="m", base_url=replay.url, cache_dir=tmp_path / "cache")
+    with pytest.raises(MqbenchError, match="cannot run here"):
+        _llm_run(None, chat, tmp_path / "run", 1)  # fails before the context is needed
+    assert replay.requests == 0 and chat.usage.requests == 0
 
 
 def test_scheduler_dpo_prefers_the_fitter_template_and_keeps_its_floor():

@@ -6,15 +6,16 @@ import json
 import time
 
 import pytest
+from scipy import stats
 
 from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
-from mqbench.scoring.harness import EvalOptions, evaluate_proxy, layer_truth
 from mqbench.proxy.contract import get_proxy, load_proxy_file
 from mqbench.proxy.sandbox import run_limited
+from mqbench.scoring.harness import EvalOptions, evaluate_proxy, layer_truth
 from mqbench.scoring.metrics import spearman
-from mqbench.truth.store import load_table
 from mqbench.task.spec import load_task
+from mqbench.truth.store import load_table
 
 GOOD = '''
 """Weight norm per module."""
@@ -36,7 +37,7 @@ BAD = {
 
 def _write(folder, name, body):
     path = folder / f"{name}.py"
-    path.write_text('from mqbench.proxy.contract import proxy\n\n'
+    path.write_text('from mqbench.proxy import proxy\n\n'
                     f'@proxy(name="{name}", kind="layer")\ndef f(stats):\n    {body}\n')
     return path
 
@@ -75,9 +76,68 @@ def test_eval_cli_end_to_end(lb, tmp_path, capsys):
         assert used <= A.budget_for(space, d["budget_avg_bits"], d["metric"]) * (1 + 1e-9)
 
 
+def test_harness_returns_a_typed_record(lb):
+    """The record's fields: identity, provenance, registry metrics, allocations, raw scores."""
+    import math
+
+    import numpy as np
+
+    from mqbench.provenance import software
+    from mqbench.scoring import allocate as A
+    from mqbench.scoring import metrics as S
+    from mqbench.scoring.record import RECORD_SCHEMA, TABLE_PROVENANCE_KEYS, Allocation, Record
+    from mqbench.truth.bench import open_bench
+
+    task = load_task("tiny")
+    p = get_proxy("hawqv2")
+    rec = evaluate_proxy(p, task, EvalOptions(bootstrap=20, progress=False, isolate=False))
+    assert isinstance(rec, Record) and rec.schema_version == RECORD_SCHEMA == 2
+    assert (rec.proxy, rec.proxy_version, rec.proxy_sha256, rec.proxy_kind) == \
+        (p.name, p.version, p.source_sha256, p.kind)
+    assert (rec.task, rec.task_version, rec.task_checksum, rec.seed) == \
+        (task.name, task.version, task.checksum, task.seed)
+    table = load_table(task)
+    assert rec.table_checksum == table.meta["rows_checksum"]
+    assert {k: getattr(rec, k) for k in software()} == software()
+    assert rec.table_provenance == {k: table.meta.get(k) for k in TABLE_PROVENANCE_KEYS}
+    # every registered metric once (no spearman_top100), CIs for the bootstrapped ones
+    boot = [m.name for m in S.METRICS.values() if m.bootstrap]
+    assert set(rec.metrics) == set(S.METRICS) | {f"{k}_{e}" for k in boot for e in ("lo", "hi")}
+    cfg = table.configs().set_index("key")
+    keys = list(rec.scores)
+    assert rec.n_configs == len(keys) == len(cfg)
+    assert rec.metrics["kendall"] == pytest.approx(
+        stats.kendalltau([rec.scores[k] for k in keys], cfg.loc[keys, "acc"]).statistic,
+        abs=1e-6)
+    assert rec.metrics["kl_spearman"] == pytest.approx(
+        stats.spearmanr([rec.scores[k] for k in keys], -cfg.loc[keys, "kl"]).statistic, abs=1e-6)
+    # allocations are typed, within budget, and phi is TAP's formula over the size budgets
+    space = open_bench(task, progress=False).space
+    assert all(isinstance(d, Allocation) for d in rec.downstream) and len(rec.downstream) == 4
+    for d in rec.downstream:
+        used = d.size_bits if d.metric == "size" else d.bops
+        assert used <= A.budget_for(space, d.budget_avg_bits, d.metric) * (1 + 1e-9)
+        assert d.gap_to_best == pytest.approx(d.best_table_acc - d.acc)
+    accs = [d.acc for d in rec.downstream if d.metric == "size"]
+    alpha = task.harness.alpha
+    assert rec.metrics["fitness"] == pytest.approx(
+        alpha * rec.metrics["layer_spearman"] + (1 - alpha) * float(np.mean(accs)), abs=1e-6)
+    assert set(rec.sensitivity) == set(space.units) and rec.timing.proxy_seconds >= 0
+    assert all(math.isfinite(v) for v in rec.scores.values())
+    assert Record.from_json(rec.to_json()) == rec  # what the store writes reads back equal
+    # what `mqbench eval` prints: the registry's labels in its order, then the allocations
+    text = S.format_result(rec).splitlines()
+    assert text[0] == f"proxy hawqv2 v{p.version} on tiny v1  ({rec.n_configs} configurations, " \
+        "95% bootstrap CIs)"
+    labels = [m.text for m in S.METRICS.values() if m.cli]
+    assert [line[2:30].rstrip() for line in text[1:1 + len(labels)]] == labels
+    assert text[3].startswith("  Spearman (all, @top100%)     ")
+    assert sum(line.startswith("  ILP ") for line in text) == 4 and text[-1].startswith("  time:")
+
+
 def test_layer_truth_is_loss_increase(tiny_env):
     from mqbench.truth.bench import open_bench
-    from mqbench.truth.store import build_table
+    from mqbench.truth.build import build_table
 
     task = load_task("tiny")
     build_table(task, progress=False)

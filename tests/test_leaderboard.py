@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -13,9 +14,10 @@ import time
 import duckdb
 import pytest
 
-from mqbench.board import store as L
 from mqbench.board import db as D
+from mqbench.board import store as L
 from mqbench.errors import MqbenchError
+from mqbench.scoring.record import RECORD_SCHEMA, Record
 
 # The schema-1 layout (mqbench before the schema-2 store), verbatim, to test migration.
 OLD_DDL = """
@@ -29,22 +31,23 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-def make_record(proxy="p1", task="t1", spearman=0.5, **over) -> dict:
-    rec = {"schema_version": 1, "proxy": proxy, "proxy_version": 1, "proxy_sha256": "a" * 64,
+def make_record(proxy="p1", task="t1", spearman=0.5, **over) -> Record:
+    rec = {"schema_version": RECORD_SCHEMA, "proxy": proxy, "proxy_version": 1, "proxy_sha256": "a" * 64,
            "proxy_kind": "layer", "paper": "test", "task": task, "task_version": 1,
            "task_checksum": "c" * 64, "table_checksum": "d" * 64, "seed": 0,
            "package_version": "0.1.0", "git_commit": "e" * 40, "torch_version": "2.14.1",
            "n_configs": 10, "bootstrap": 10,
            "metrics": {"spearman": spearman, "spearman_lo": spearman - 0.1,
                        "spearman_hi": spearman + 0.1, "layer_spearman": None},
-           "downstream": [{"budget_avg_bits": 3.0, "metric": "size", "acc": 0.8,
-                           "gap_to_best": 0.01}],
+           "downstream": [{"budget_avg_bits": 3.0, "metric": "size", "config": "w:4|a:8",
+                           "acc": 0.8, "loss": 0.5, "kl": 0.1, "size_bits": 400, "bops": 6400,
+                           "best_table_acc": 0.81, "gap_to_best": 0.01}],
            "timing": {"proxy_seconds": 0.5, "score_seconds": 0.001, "per_config_ms": 0.05},
            "table_provenance": {"package_version": "0.1.0", "git_commit": "f" * 40,
                                 "torch_version": "2.14.1", "weights_checksum": "w1"},
-           "scores": {"k1": 1.0}}
+           "scores": {"k1": 1.0}, "sensitivity": {"u1": 0.25}}
     rec.update(over)
-    return rec
+    return Record.from_dict(rec)
 
 
 @pytest.fixture
@@ -72,7 +75,7 @@ def test_schema_round_trip(lb):
     saved = L.save_record(rec)
     assert saved.status == "new" and saved.db_note == "created"
     stored = json.loads(saved.path.read_text())
-    assert {k: v for k, v in stored.items() if k != "recorded_at"} == rec
+    assert Record.from_dict(stored) == dataclasses.replace(rec, recorded_at=stored["recorded_at"])
     # the query engineer A's report uses
     (task, proxy, record), = L.query("SELECT task, proxy, record FROM runs")
     assert (task, proxy) == ("t1", "p1") and json.loads(record) == stored
@@ -124,9 +127,9 @@ def test_sync_follows_record_files(lb):
     L.save_record(make_record("p2"))
     # a git pull changes one record and deletes another; a third appears
     p1 = L.record_path("t1", "p1")
-    p1.write_text(json.dumps(make_record("p1", spearman=0.9)))
+    p1.write_text(make_record("p1", spearman=0.9).to_json())
     L.record_path("t1", "p2").unlink()
-    L.record_path("t1", "p3").write_text(json.dumps(make_record("p3")))
+    L.record_path("t1", "p3").write_text(make_record("p3").to_json())
     rows = L.query("SELECT proxy, value FROM runs JOIN metrics USING (run_id) "
                    "WHERE metric = 'spearman' ORDER BY proxy")
     assert rows == [("p1", 0.9), ("p3", 0.5)]
@@ -135,13 +138,14 @@ def test_sync_follows_record_files(lb):
 WRITER = """
 import json, sys
 from mqbench.board.store import save_record
-print(save_record(json.loads(sys.argv[1])).status, flush=True)
+from mqbench.scoring.record import Record
+print(save_record(Record.from_json(sys.argv[1])).status, flush=True)
 """
 
 
 def _writer(rec, pause="", lb=None):
     env = {**os.environ, "MQBENCH_TEST_PAUSE": pause}
-    return subprocess.Popen([sys.executable, "-c", WRITER, json.dumps(rec)], env=env,
+    return subprocess.Popen([sys.executable, "-c", WRITER, rec.to_json()], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -204,7 +208,7 @@ def _old_db(lb, version="1"):
     rec = make_record("old")
     con.execute("INSERT INTO runs VALUES (" + ", ".join("?" * 17) + ")",
                 ["t1", "old", 1, 1, "0.1.0", "e", "a", "d", 0.5, 0.4, 0.3, 0.2, 0.1, None,
-                 None, 0.05, json.dumps(rec)])
+                 None, 0.05, rec.to_json()])
     con.close()
     return rec
 
@@ -212,11 +216,12 @@ def _old_db(lb, version="1"):
 def test_migrates_schema_1_database(lb):
     rec = _old_db(lb)
     (lb / "records" / "t1").mkdir(parents=True)
-    L.record_path("t1", "old").write_text(json.dumps(rec))
+    L.record_path("t1", "old").write_text(rec.to_json())
     saved = L.save_record(make_record("new"))
     assert saved.db_note == "migrated from schema 1"
     assert L.query("SELECT proxy FROM runs ORDER BY proxy") == [("new",), ("old",)]
-    assert L.query("SELECT value FROM info WHERE key = 'schema_version'") == [("2",)]
+    assert L.query("SELECT value FROM info WHERE key = 'schema_version'") == \
+        [(str(D.SCHEMA_VERSION),)]
     assert L.query("SELECT count(*) FROM metrics WHERE metric = 'spearman'") == [(2,)]
 
 
@@ -235,17 +240,25 @@ def test_refuses_newer_or_broken_database(lb):
     assert L.query("SELECT count(*) FROM runs") == [(0,)]
 
 
-def test_bad_records_are_one_line_errors(lb):
+def test_bad_records_are_one_line_errors(lb, capsys):
+    """A bad record file is named in one warning line and left out of the index (it never
+    blocks the other records); bad values passed in code are one-line errors."""
     folder = lb / "records" / "t1"
     folder.mkdir(parents=True)
-    (folder / "x.json").write_text(json.dumps(make_record("y")))
-    with pytest.raises(MqbenchError, match="belongs in records/t1/y.json"):
-        L.rebuild_db()
+    (folder / "x.json").write_text(make_record("y").to_json())
+    L.rebuild_db()
+    err = capsys.readouterr().err
+    assert "belongs in records/t1/y.json" in err and err.count("\n") == 1
     (folder / "x.json").write_text("{broken")
-    with pytest.raises(MqbenchError, match="not valid JSON"):
-        L.rebuild_db()
-    with pytest.raises(MqbenchError, match="no 'metrics' field"):
-        L.save_record({"task": "t1", "proxy": "z"})
+    L.rebuild_db()
+    assert "not valid JSON" in capsys.readouterr().err
+    assert L.query("SELECT count(*) FROM runs") == [(0,)]
+    with pytest.raises(MqbenchError, match="not an mqbench result record"):
+        Record.from_dict({"schema_version": RECORD_SCHEMA, "task": "t1", "proxy": "z"})
+    with pytest.raises(MqbenchError, match="takes an mqbench Record"):
+        L.save_record(make_record("z").to_dict())
+    with pytest.raises(MqbenchError, match="not a leaderboard record"):
+        L.save_record(make_record("z", proxy_kind="search"))
     assert sorted(p.name for p in folder.iterdir()) == ["x.json"]
 
 
@@ -253,7 +266,7 @@ def test_eval_cli_prints_the_case(tiny_env, lb, tmp_path, capsys):
     from mqbench.cli.main import main
 
     path = tmp_path / "wn.py"
-    path.write_text('from mqbench.proxy.contract import proxy\n\n@proxy(name="wn", version=1)\n'
+    path.write_text('from mqbench.proxy import proxy\n\n@proxy(name="wn", version=1)\n'
                     'def wn(stats):\n    return [float(stats.weights[m].norm()) '
                     'for m in stats.modules]\n')
     args = ["eval", "--proxy", str(path), "--task", "tiny", "--quiet", "--bootstrap", "0"]

@@ -255,7 +255,7 @@ def test_lm_table_and_proxies(lm_env):
     """The LM task goes through the same table, proxy and harness machinery as vision."""
     from mqbench.scoring.harness import EvalOptions, evaluate_proxy
     from mqbench.proxy.contract import get_proxy
-    from mqbench.truth.store import build_table
+    from mqbench.truth.build import build_table
     from mqbench.task.spec import load_task
 
     task = load_task("tinylm")
@@ -270,8 +270,8 @@ def test_lm_table_and_proxies(lm_env):
     for name in ("hawqv2", "weight_norm", "tap"):
         rec = evaluate_proxy(get_proxy(name), task,
                              EvalOptions(progress=False, bootstrap=50))
-        assert rec["n_configs"] == len(table.configs())
-        assert {d["budget_avg_bits"] for d in rec["downstream"]} == {3.0, 3.5}
+        assert rec.n_configs == len(table.configs())
+        assert {d.budget_avg_bits for d in rec.downstream} == {3.0, 3.5}
 
 
 # ------------------------------------------------------------------ AutoMixQ
@@ -320,6 +320,16 @@ def test_automixq_search_resume_and_report(lm_env, tmp_path):
     methods = [r["method"] for r in result["rows"]]
     assert methods[0] == "FP" and methods[-1] == "AutoMixQ" and "Uniform" in methods
     assert "W3.5A16" in markdown(result)
+    # AutoMixQ's result is a Record (kind "search"): one allocation per budget, whose test
+    # perplexities are the table's AutoMixQ row
+    from mqbench.scoring.record import Record
+
+    auto = Record.from_dict(result["record"])
+    assert auto.proxy_kind == "search" and [d.budget_avg_bits for d in auto.downstream] == [3.0, 3.5]
+    assert result["rows"][-1]["cells"] == {f"{d.budget_avg_bits:g}": math.exp(d.loss)
+                                           for d in auto.downstream}
+    assert [d.config.split(",") for d in auto.downstream] == [full.found[b]["config"]
+                                                              for b in ("3", "3.5")]
 
 
 def test_automixq_bad_input(lm_env, tmp_path):
@@ -427,10 +437,10 @@ def test_hf_task_missing_model_or_data_is_one_line(hf_env, capsys):
         name="nomodel", model=hf_env / "absent-model", data=hf_env / "wikitext"))
     (tasks / "nodata.toml").write_text(HF_TASK.format(
         name="nodata", model=hf_env / "tiny-llama", data=hf_env / "absent-data"))
-    assert main(["measure", "nomodel", "--quiet"]) == 2
+    assert main(["measure", "--task", "nomodel", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "absent-model" in err
-    assert main(["measure", "nodata", "--quiet"]) == 2
+    assert main(["measure", "--task", "nodata", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "save_to_disk" in err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -16,7 +17,8 @@ import pytest
 
 from mqbench.board import publish
 from mqbench.board import report as R
-from mqbench.cli.main import main
+from mqbench.scoring import metrics as S
+from mqbench.scoring.record import Record
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDS = REPO / "leaderboard" / "records"
@@ -42,8 +44,8 @@ def board(tmp_path, monkeypatch):
     return lb, readme
 
 
-def _records(task: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((RECORDS / task).glob("*.json"))]
+def _records(task: str) -> list[Record]:
+    return [Record.from_json(p.read_text()) for p in sorted((RECORDS / task).glob("*.json"))]
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -71,17 +73,17 @@ def test_regenerate_is_byte_identical(board):
 def test_correlation_table_matches_records():
     recs = _records("fmnist-resnet8")
     rep = R.correlation_report("fmnist-resnet8", recs)
-    want = sorted(recs, key=lambda r: (-r["metrics"]["spearman_top100"], r["proxy"]))
-    assert [row["proxy"] for row in rep.rows] == [r["proxy"] for r in want]
+    want = sorted(recs, key=lambda r: (-r.metrics["spearman"], r.proxy))
+    assert [row["proxy"] for row in rep.rows] == [r.proxy for r in want]
     md = R.to_markdown(rep)
-    best = max(want, key=lambda r: r["metrics"]["spearman_top100"])
-    line = next(line for line in md.splitlines() if line.startswith(f"| {best['proxy']} |"))
-    m = best["metrics"]
-    assert (f"**{m['spearman_top100']:.3f}** [{m['spearman_top100_lo']:.3f}, "
-            f"{m['spearman_top100_hi']:.3f}]") in line
+    best = max(want, key=lambda r: r.metrics["spearman"])
+    line = next(line for line in md.splitlines() if line.startswith(f"| {best.proxy} |"))
+    m = best.metrics
+    assert (f"**{m['spearman']:.3f}** [{m['spearman_lo']:.3f}, "
+            f"{m['spearman_hi']:.3f}]") in line
     # bold marks exactly the best value of each column (lower is better for ms/config)
-    best_cells = R._best(rep)
-    for c in R.CORRELATION:
+    best_cells = R.best_cells(rep)
+    for c in rep.columns:
         vals = [round(row[c.key], c.digits) for row in rep.rows]
         finite = [v for v in vals if not math.isnan(v)]  # NaN (undefined for the proxy kind) never wins
         top = max(finite) if c.higher_better else min(finite)
@@ -89,12 +91,13 @@ def test_correlation_table_matches_records():
             {i for i, key in best_cells if key == c.key}, c.key
     # CSV: the same numbers, machine-readable
     df = pd.read_csv(io.StringIO(R.to_csv(rep)))
-    by = {r["proxy"]: r for r in recs}
+    by = {r.proxy: r for r in recs}
     for _, row in df.iterrows():
-        mm = by[row.proxy]["metrics"]
+        mm = by[row.proxy].metrics
         assert row.spearman_top20 == pytest.approx(mm["spearman_top20"], abs=1e-6)
+        assert row.spearman_hi == pytest.approx(mm["spearman_hi"], abs=1e-6)
         assert row.kendall_lo == pytest.approx(mm["kendall_lo"], abs=1e-6)
-        assert row.per_config_ms == pytest.approx(by[row.proxy]["timing"]["per_config_ms"])
+        assert row.per_config_ms == pytest.approx(by[row.proxy].timing.per_config_ms)
     # LaTeX: balanced braces, a bold cell, escaped names
     tex = R.to_latex(rep)
     assert tex.count("{") == tex.count("}") and r"\textbf{" in tex
@@ -104,12 +107,12 @@ def test_correlation_table_matches_records():
 def test_downstream_table_ranks_within_budget_and_bolds_best():
     recs = _records("fmnist-vit")
     rep = R.downstream_report("fmnist-vit", recs)
-    assert len(rep.rows) == sum(len(r["downstream"]) for r in recs)
+    assert len(rep.rows) == sum(len(r.downstream) for r in recs)
     budgets = [row["budget"] for row in rep.rows]
     for b in set(budgets):
         accs = [row["acc"] for row in rep.rows if row["budget"] == b]
         assert accs == sorted(accs, reverse=True)  # ranked inside each budget
-    best = R._best(rep)
+    best = R.best_cells(rep)
     for b in set(budgets):
         idx = [i for i, row in enumerate(rep.rows) if row["budget"] == b]
         top = max(rep.rows[i]["acc"] for i in idx)
@@ -117,13 +120,13 @@ def test_downstream_table_ranks_within_budget_and_bolds_best():
         assert bold == {i for i in idx if round(rep.rows[i]["acc"], 4) == round(top, 4)}
         assert not any((i, "size_kb") in best for i in idx)  # descriptive columns never bold
     df = pd.read_csv(io.StringIO(R.to_csv(rep)))
-    want = [(r["proxy"], d) for r in recs for d in r["downstream"]]
+    want = [(r.proxy, d) for r in recs for d in r.downstream]
     got = {(row.proxy, row.budget): row for _, row in df.iterrows()}
     for proxy, d in want:
-        row = got[(proxy, f"{d['budget_avg_bits']:g} bits ({d['metric']})")]
-        assert row.acc == pytest.approx(d["acc"]) and row.size_kb == pytest.approx(
-            d["size_bits"] / 8192, abs=1e-6)
-        assert row.best_table_acc - row.acc == pytest.approx(d["gap_to_best"], abs=1e-9)
+        row = got[(proxy, f"{d.budget_avg_bits:g} bits ({d.metric})")]
+        assert row.acc == pytest.approx(d.acc) and row.size_kb == pytest.approx(
+            d.size_bits / 8192, abs=1e-6)
+        assert row.best_table_acc - row.acc == pytest.approx(d.gap_to_best, abs=1e-9)
 
 
 def test_pareto_front_matches_brute_force():
@@ -151,10 +154,41 @@ def test_committed_readme_section_is_current(tmp_path, monkeypatch):
     committed = text[text.index(publish.START):text.index(publish.END) + len(publish.END)]
     assert committed == section, "README is stale: run `mqbench leaderboard regenerate`"
     for task in tasks:  # and the committed tables next to it
-        for kind in R.KINDS:
+        for kind in R.TABLES:
             for fmt in R.RENDERERS:
                 path = REPO / "leaderboard" / "tables" / f"{task}_{kind}.{fmt}"
                 assert path.read_text() == R.render(task, kind, fmt), path.name
+    # and SCHEMA.md's metric list is the registry's
+    schema = (REPO / "leaderboard" / "SCHEMA.md").read_text()
+    assert publish.schema_section() in schema, "SCHEMA.md is stale: run regenerate"
+
+
+def test_registry_drives_the_report_columns():
+    recs = _records("fmnist-vit")
+    rep = R.correlation_report("fmnist-vit", recs)
+    board = [m for m in S.METRICS.values() if m.board]
+    assert [c.key for c in rep.columns] == [m.name for m in board] + ["per_config_ms"]
+    assert [(c.md, c.tex, c.ci, c.higher_better) for c in rep.columns[:-1]] == \
+        [(m.label, m.tex, m.bootstrap, m.higher_is_better) for m in board]
+    assert [c.md for c in rep.columns][:3] == ["ρs@20%", "ρs@50%", "ρs@100%"]
+    # one registration adds a metric to the table, the CSV, the schema doc and `mqbench eval`
+    try:
+        S.register("neg_kendall", label="−τ", tex=r"$-\tau$", text="minus Kendall",
+                   description="test metric", higher_is_better=False)(
+            lambda d: -S.kendall(d.scores, d.truth))
+        recs = [dataclasses.replace(r, metrics={**r.metrics, "neg_kendall": -r.metrics["kendall"]})
+                for r in recs]
+        rep = R.correlation_report("fmnist-vit", recs)
+        assert rep.columns[-2].key == "neg_kendall" and not rep.columns[-2].higher_better
+        assert "| −τ | ms/config |" in R.to_markdown(rep)
+        assert ",neg_kendall,per_config_ms" in R.to_csv(rep).splitlines()[0]
+        assert "`neg_kendall`" in S.metrics_markdown()
+        assert "minus Kendall" in S.format_result(recs[0])
+        # lower is better: the bold cell is the smallest value
+        (i,), = [[i for i, k in R.best_cells(rep) if k == "neg_kendall"]]
+        assert rep.rows[i]["neg_kendall"] == min(row["neg_kendall"] for row in rep.rows)
+    finally:
+        S.METRICS.pop("neg_kendall", None)
 
 
 def test_readme_without_markers_is_refused(board):
@@ -166,6 +200,8 @@ def test_readme_without_markers_is_refused(board):
 
 
 def test_table_cli_formats_and_errors(board, capsys):
+    from mqbench.cli.main import main
+
     assert main(["leaderboard", "table", "--task", "fmnist-vit", "--kind", "correlation",
                  "--format", "csv"]) in (0, None)
     out = capsys.readouterr().out

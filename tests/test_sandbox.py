@@ -1,4 +1,5 @@
-"""The sandbox: no network, no writes outside scratch, limits, one-line errors, overhead."""
+"""The sandbox: clean worker, no network, no writes outside scratch, limits, one-line errors,
+overhead. The escapes of issue 19 are in tests/test_sandbox_hostile.py."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import threading
 import time
 
 import pytest
-import torch  # noqa: F401 - imported before forking, as in the harness (the child reuses it)
+import torch  # noqa: F401 - imported before the sandbox, as in the harness
 
 from mqbench.errors import MqbenchError
-from mqbench.proxy.sandbox import layers, run_limited
+from mqbench.proxy.sandbox import StatsView, check_limits, layers, printable, run_limited
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +46,7 @@ def server():
     srv.close()
 
 
+# Functions the sandbox runs: module level, so the worker can import them by reference.
 def _connect(port):
     s = socket.create_connection(("127.0.0.1", port), timeout=2)
     s.close()
@@ -63,9 +65,9 @@ def _raw_connect(port):
     return ("connect", rc, ctypes.get_errno())
 
 
-def _raw_create(path):
+def _raw_open(path, flags):
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.open(os.fsencode(path), os.O_WRONLY | os.O_CREAT, 0o644)
+    fd = libc.open(os.fsencode(str(path)), flags, 0o644)
     return fd, ctypes.get_errno()
 
 
@@ -83,11 +85,77 @@ def _swallowing_write(path):
     return 1.0
 
 
+def _use_scratch():
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", delete=False) as f:
+        f.write("t")
+    os.makedirs(os.path.join(os.path.dirname(f.name), "sub"))
+    with open(f.name) as g:
+        return [os.path.dirname(f.name), g.read(), os.path.isdir(os.path.join(
+            os.path.dirname(f.name), "sub"))]
+
+
+def _spawn():
+    import subprocess
+
+    return subprocess.run(["true"], check=False).returncode
+
+
+def _nan():
+    return float("nan")
+
+
+def _boom():
+    raise ValueError("bad\nsecond line")
+
+
+def _bomb():
+    return bytearray(3 << 30)
+
+
+def _torch_bomb():
+    return torch.ones(1 << 31).sum().item()  # 8 GiB: torch's own "can't allocate memory"
+
+
+def _sleep():
+    time.sleep(30)
+
+
+def _threads():
+    """torch's intra-op pool and Python threads still work (clone with CLONE_THREAD)."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(1))
+    t.start()
+    t.join()
+    torch.set_num_threads(2)
+    return [out, float(torch.ones(1000, 1000).sum())]
+
+
+def _values():
+    return {"t": torch.tensor([1.5, 2.5]), "a": __import__("numpy").arange(3),
+            "n": (1, 2.0, None, True, "s")}
+
+
+def _return_object():
+    return object()
+
+
+def _pids():
+    return [os.getpid(), os.getppid()]
+
+
+def _env_and_cwd():
+    return [dict(os.environ), os.getcwd()]
+
+
 def test_layers_on_this_machine():
     got = layers()
-    assert "audit-hook" in got and "fork" in got
-    if os.geteuid() == 0:
-        assert "netns" in got
+    assert got[0].startswith("clean-worker") and "pidns" in got[0]
+    for layer in ("mountns", "netns", "seccomp", "no-capabilities", "audit-hook", "rlimits"):
+        assert layer in got
+    assert any(x.startswith("landlock-abi") for x in got)
+    assert any(x.startswith("tmpfs-scratch-") for x in got)
 
 
 def test_child_cannot_connect_to_parent_loopback(server):
@@ -105,14 +173,10 @@ def test_child_cannot_connect_to_parent_loopback(server):
 
 def test_kernel_layers_block_raw_connect(server):
     port, hits = server
-    if not ({"netns"} & set(layers()) or any(x.startswith("landlock-abi") and
-                                              int(x[12:]) >= 4 for x in layers())):
-        pytest.skip("no kernel network layer on this machine (audit hook only)")
     assert _raw_connect(port)[:2] == ("connect", 0)  # unconfined it connects
     time.sleep(0.3)
     n = len(hits)
-    got = run_limited(_raw_connect, (port,), name="raw")
-    assert got[1] != 0 if got[0] == "connect" else got[1] > 0
+    assert run_limited(_raw_connect, (port,), name="raw") == ["socket", 13]  # seccomp: EACCES
     time.sleep(0.3)
     assert len(hits) == n
 
@@ -143,78 +207,103 @@ def test_cannot_modify_or_delete_existing_files(tmp_path):
     assert victim.read_text() == "original" and not (tmp_path / "moved.txt").exists()
 
 
-def test_kernel_layer_blocks_raw_create(tmp_path):
-    if not any(x.startswith("landlock") for x in layers()):
-        pytest.skip("Landlock unavailable: the audit hook is the only filesystem layer")
+def test_kernel_layer_blocks_raw_create_and_read(tmp_path):
     target = tmp_path / "raw.txt"
-    fd, errno_ = run_limited(_raw_create, (target,), name="raw")
-    assert fd == -1 and errno_ == 13  # EACCES from Landlock
-    assert not target.exists()
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    fd, _ = run_limited(_raw_create, (scratch / "ok.txt",), name="raw", scratch=scratch)
-    assert fd >= 0 and (scratch / "ok.txt").exists()
+    assert run_limited(_raw_open, (target, os.O_WRONLY | os.O_CREAT), name="raw") == [-1, 13]
+    assert not target.exists()  # EACCES from Landlock, below the audit hook
+    secret = tmp_path / "secret.txt"
+    secret.write_text("ground truth")
+    assert _raw_open(secret, os.O_RDONLY)[0] >= 0  # readable here
+    assert run_limited(_raw_open, (secret, os.O_RDONLY), name="raw") == [-1, 13]
 
 
-def test_writes_inside_scratch_and_tempfile(tmp_path):
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    assert run_limited(_write, (scratch / "a.txt", "hello"), name="ok", scratch=scratch) == "wrote"
-    assert (scratch / "a.txt").read_text() == "hello"
-
-    def use_tempfile():
-        import tempfile
-
-        with tempfile.NamedTemporaryFile("w", delete=False) as f:
-            f.write("t")
-        os.makedirs(os.path.join(os.path.dirname(f.name), "sub"))
-        return f.name
-    name = run_limited(use_tempfile, name="tmp", scratch=scratch)
-    assert os.path.dirname(name) == str(scratch.resolve())
-    assert (scratch / "sub").is_dir()
+def test_scratch_is_private_and_disappears():
+    folder, text, sub = run_limited(_use_scratch, name="tmp")
+    assert text == "t" and sub
+    # a tmpfs mounted in the call's own mount namespace: the host sees an empty folder
+    assert not os.path.exists(os.path.join(folder, "sub"))
 
 
 def test_no_subprocesses():
-    def spawn():
-        import subprocess
-
-        return subprocess.run(["true"], check=False).returncode
     with pytest.raises(MqbenchError, match="starting a process"):
-        run_limited(spawn, name="spawner")
+        run_limited(_spawn, name="spawner")
+
+
+def test_threads_still_work():
+    assert run_limited(_threads, name="threads") == [[1], 1e6]
+
+
+def test_results_are_plain_data():
+    assert run_limited(_values, name="v") == {"t": [1.5, 2.5], "a": [0, 1, 2],
+                                              "n": [1, 2.0, None, True, "s"]}
+    with pytest.raises(MqbenchError, match="not plain data"):
+        run_limited(_return_object, name="obj")
 
 
 def test_failures_are_one_line():
-    def nan():
-        return float("nan")
-    assert math.isnan(run_limited(nan, name="nan"))  # NaN is a value; the harness rejects it
-
-    def boom():
-        raise ValueError("bad\nsecond line")
-
-    def bomb():
-        return bytearray(3 << 30)
-    cases = [(boom, "raised ValueError: bad"), (bomb, "memory limit"),
-             (lambda: time.sleep(30), "time limit")]
+    assert math.isnan(run_limited(_nan, name="nan"))  # NaN is a value; the harness rejects it
+    cases = [(_boom, r"raised ValueError: bad \(test_sandbox.py line \d+\)"),
+             (_bomb, "512 MiB memory limit; use less memory or raise --mem-mb"),
+             (_torch_bomb, "512 MiB memory limit; use less memory or raise --mem-mb"),
+             (_sleep, "time limit")]
     for fn, expect in cases:
         start = time.perf_counter()
-        with pytest.raises(MqbenchError) as err:
+        with pytest.raises(MqbenchError, match=expect) as err:
             run_limited(fn, name="bad", timeout=2, mem_mb=512)
-        assert expect in str(err.value) and "\n" not in str(err.value)
+        assert "\n" not in str(err.value)
         assert time.perf_counter() - start < 8
 
 
-def test_missing_scratch_is_a_clear_error(tmp_path):
-    with pytest.raises(MqbenchError, match="scratch directory .* does not exist"):
-        run_limited(sum, ([1],), name="x", scratch=tmp_path / "nope")
+@pytest.mark.parametrize("limits, flag", [
+    ({"timeout": 0}, "--timeout"), ({"timeout": -1}, "--timeout"),
+    ({"timeout": float("nan")}, "--timeout"), ({"timeout": float("inf")}, "--timeout"),
+    ({"mem_mb": 0}, "--mem-mb"), ({"mem_mb": -1}, "--mem-mb"), ({"mem_mb": 1.5}, "--mem-mb")])
+def test_bad_limits_are_one_line(limits, flag):
+    with pytest.raises(MqbenchError, match=flag) as err:
+        run_limited(sum, ([1],), name="x", **limits)
+    assert "\n" not in str(err.value)
+    with pytest.raises(MqbenchError, match=flag):
+        check_limits(limits.get("timeout", 1.0), limits.get("mem_mb", 1))
+
+
+def test_clean_environment_and_pid_namespace(monkeypatch):
+    monkeypatch.setenv("MQBENCH_TEST_SECRET", "hunter2")
+    env, cwd = run_limited(_env_and_cwd, name="env")
+    assert "MQBENCH_TEST_SECRET" not in env and set(env) <= {"PATH", "LANG", "TMPDIR", "HOME",
+                                                              "OMP_NUM_THREADS"}
+    assert cwd == env["TMPDIR"] == env["HOME"]
+    pid, ppid = run_limited(_pids, name="pids")
+    assert ppid == 1 and pid != os.getpid()  # the worker is PID 1 of the proxy's namespace
+
+
+def test_stats_view_is_read_only():
+    view = StatsView({"modules": ("a",), "weights": {"a": torch.ones(2)}})
+    with pytest.raises(AttributeError):
+        view.modules = ("b",)
+    with pytest.raises(AttributeError):
+        view.anything = 1
+    assert not hasattr(view, "folder") and not hasattr(view, "task")
+
+
+def test_printable_strips_terminal_control():
+    assert printable("ok\n\tPASS\x1b[1A\rFAIL") == "ok\n\tPASS?[1A?FAIL"
+
+
+def test_unpicklable_function_is_one_line():
+    with pytest.raises(MqbenchError, match="cannot send 'local' to the sandbox") as err:
+        run_limited(lambda: 1, name="local")
+    assert "\n" not in str(err.value)
 
 
 def test_unconfined_still_limited():
     assert run_limited(sum, ([1, 2],), name="x", confine=False) == 3
+    with pytest.raises(MqbenchError, match="time limit"):
+        run_limited(_sleep, name="x", confine=False, timeout=1)
 
 
 @pytest.mark.benchmark(group="sandbox")
-@pytest.mark.parametrize("confine", [False, True], ids=["fork-only", "sandboxed"])
+@pytest.mark.parametrize("confine", [False, True], ids=["worker-only", "sandboxed"])
 def test_benchmark_sandbox_overhead(benchmark, confine):
-    """Per-call cost of the sandbox vs the fork-only baseline (target: < 50 ms extra)."""
+    """Per-call cost of the sandbox vs the unconfined worker baseline (target: < 50 ms)."""
     benchmark.pedantic(run_limited, args=(sum, ([1, 2],)),
                        kwargs={"name": "trivial", "confine": confine}, rounds=30, iterations=1)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from mqbench.errors import MqbenchError
+from mqbench.quant.space import BitConfig, Space
 from mqbench.scoring import allocate as A
 from mqbench.scoring import metrics as S
-from mqbench.errors import MqbenchError
 from mqbench.scoring.harness import config_matrix, config_scores
-from mqbench.quant.space import BitConfig, Space
 
 
 def test_correlations_match_scipy():
@@ -92,3 +92,52 @@ def test_config_scores_are_minus_summed_damage():
     keys = [BitConfig((2, 4, 4), (8, 8, 8)).key, BitConfig((4, 2, 2), (8, 8, 8)).key]
     got = config_scores(damage, config_matrix(space, keys))
     assert got.tolist() == [-(3.0 + 0.5 + 2.0), -(1.0 + 5.0 + 2.0)]
+
+
+def test_registry_drives_config_metrics():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(120)
+    y = x + rng.standard_normal(120)
+    kl = rng.random(120)
+    keys = np.arange(120).astype(str)
+    m = S.config_metrics(x, y, keys, bootstrap=50, seed=3, kl=kl)
+    config = [k for k, v in S.METRICS.items() if v.level == "config"]
+    boot = [k for k in config if S.METRICS[k].bootstrap]
+    assert set(m) == set(config) | {f"{k}_{e}" for k in boot for e in ("lo", "hi")}
+    assert "spearman_top100" not in m  # the duplicate of `spearman` is gone
+    assert m["kl_spearman"] == pytest.approx(stats.spearmanr(x, -kl).statistic)
+    assert m["precision_top50"] == S.precision_at_topk(x, y, keys, 0.5)
+    # the CI is the percentile bootstrap, recomputed here with scipy on the same resamples
+    rng = np.random.default_rng(3)
+    draws = []
+    for _ in range(50):
+        idx = rng.integers(0, 120, 120)
+        draws.append(stats.spearmanr(x[idx], y[idx]).statistic)
+    assert (m["spearman_lo"], m["spearman_hi"]) == pytest.approx(
+        (np.percentile(draws, 2.5), np.percentile(draws, 97.5)))
+
+
+def test_layer_and_downstream_levels_by_hand():
+    from mqbench.scoring.record import Allocation
+
+    sens, truth = np.array([1.0, 3.0, 2.0, 5.0]), np.array([0.1, 0.2, 0.3, 0.4])
+    assert S.layer_metrics(sens, truth)["layer_spearman"] == pytest.approx(0.8)  # d^2 = 2
+    assert np.isnan(S.layer_metrics(None, truth)["layer_spearman"])
+    alloc = [Allocation(3.0, "size", "k", 0.7, 1.0, 0.1, 1, 1, 0.8, 0.1),
+             Allocation(4.0, "size", "k", 0.9, 1.0, 0.1, 1, 1, 0.9, 0.0),
+             Allocation(3.0, "bops", "k", 0.1, 1.0, 0.1, 1, 1, 0.8, 0.7)]  # not in phi
+    phi = S.downstream_metrics({"layer_spearman": 0.5}, alloc, alpha=0.25)["fitness"]
+    assert phi == pytest.approx(0.25 * 0.5 + 0.75 * 0.8)
+    assert np.isnan(S.downstream_metrics({"layer_spearman": None}, alloc, 0.25)["fitness"])
+    assert np.isnan(S.downstream_metrics({"layer_spearman": 0.5}, [], 0.25)["fitness"])
+
+
+def test_register_refuses_duplicates_and_bad_levels():
+    with pytest.raises(MqbenchError, match="registered twice"):
+        S.register("spearman", label="x", tex="x", text="x", description="x")(len)
+    with pytest.raises(MqbenchError, match="level"):
+        S.register("new", label="x", tex="x", text="x", description="x", level="model")
+    with pytest.raises(MqbenchError, match="only config-level"):
+        S.register("new", label="x", tex="x", text="x", description="x", level="layer",
+                   bootstrap=True)
+    assert "new" not in S.METRICS

@@ -49,7 +49,7 @@ OPTS = SubmitOptions(tasks=("tiny",), timeout=2, mem_mb=1024, bootstrap=0, progr
 
 def _proxy_file(folder: Path, name: str, body: str) -> Path:
     path = folder / f"{name}.py"
-    path.write_text('from mqbench.proxy.contract import proxy\n\n'
+    path.write_text('from mqbench.proxy import proxy\n\n'
                     f'@proxy(name="{name}", kind="layer")\ndef f(stats):\n    {body}\n')
     return path
 

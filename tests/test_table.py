@@ -13,7 +13,8 @@ from conftest import write_task
 from mqbench.truth.bench import open_bench
 from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
-from mqbench.truth.store import build_table, load_table, plan, rows_checksum, table_path
+from mqbench.truth.build import build_table, plan
+from mqbench.truth.store import load_table, rows_checksum, table_path
 from mqbench.task.spec import load_task
 from mqbench.task.train import load_or_train, train_model, weights_checksum
 
@@ -144,26 +145,26 @@ def test_tampered_weights_are_refused(tiny_env):
 
 
 def test_cli_errors_are_one_line(tiny_env, capsys):
-    assert main(["build", "tinny", "--quiet"]) == 2
+    assert main(["build", "--task", "tinny", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "did you mean 'tiny'" in err
     write_task(tiny_env, name="broken").write_text("name = 'broken'\nversion = 'x'\n")
-    assert main(["build", "broken", "--quiet"]) == 2
+    assert main(["build", "--task", "broken", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "version" in err and "expected int" in err and err.count("\n") == 0
-    assert main(["show", "tiny"]) == 2
-    assert "mqbench build tiny" in capsys.readouterr().err
+    assert main(["show", "--task", "tiny"]) == 2
+    assert "mqbench build --task tiny" in capsys.readouterr().err
 
 
 def test_cli_build_and_show(tiny_env):
-    out = subprocess.run([sys.executable, "-m", "mqbench.cli.main", "build", "tiny", "--quiet"],
+    out = subprocess.run([sys.executable, "-m", "mqbench.cli", "build", "--task", "tiny", "--quiet"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "noise floor" in out.stdout and "rows" in out.stdout
 
 
 def test_cli_measure_and_bad_configs(tiny_env, capsys):
-    assert main(["measure", "tiny", "--bits", "conv1=2,fc=4", "--quiet"]) == 0
+    assert main(["measure", "--task", "tiny", "--bits", "conv1=2,fc=4", "--quiet"]) == 0
     assert "w:2.8.8.8.8.8.8.4|a:8.8.8.8.8.8.8.8" in capsys.readouterr().out
     cases = [(["--bits", "conv1=5"], "not in the task's choices"),
              (["--bits", "layer9.conv1=2"], "not a unit"),
@@ -172,7 +173,7 @@ def test_cli_measure_and_bad_configs(tiny_env, capsys):
              (["--config", "w:2.2|a:8.8"], "this task has 8 units"),
              (["--config", "eval('1')"], "malformed")]
     for extra, msg in cases:
-        assert main(["measure", "tiny", "--quiet", *extra]) == 2
+        assert main(["measure", "--task", "tiny", "--quiet", *extra]) == 2
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
 

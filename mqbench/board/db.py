@@ -9,20 +9,26 @@ table, in `leaderboard/SCHEMA.md`; bump SCHEMA_VERSION whenever it changes.
 Migration: a database from an older schema version is rebuilt from the records (they are
 the source of truth, so nothing is lost); a newer or unreadable one is refused with a
 one-line error, never read with the wrong layout.
+
+Records are read through mqbench.scoring.record.Record, so `runs.record` always holds the
+current record schema (a file of an older one is migrated as it is indexed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import sys
 from pathlib import Path
 
 import duckdb
 
 from mqbench.errors import MqbenchError
+from mqbench.paths import atomic_path
+from mqbench.scoring.record import Record
 
-SCHEMA_VERSION = 2
+# 3: runs.record holds records migrated to record schema 2 (no `spearman_top100` metric rows)
+SCHEMA_VERSION = 3
 _DDL = """
 CREATE TABLE info (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE tasks (task VARCHAR NOT NULL, task_version INTEGER NOT NULL,
@@ -87,17 +93,26 @@ def _create(path: Path):
 
 
 def rebuild(folder: Path) -> Path:
-    """Recreate `folder`/mqbench.duckdb from the record files (atomic: temp file + rename)."""
+    """Recreate `folder`/mqbench.duckdb from the record files (atomic: temp file + rename).
+
+    The temporary database is removed on any failure (a full disk must not stay full), and
+    those of killed rebuilds are removed by the next writer (`remove_stale_temps`)."""
     path = folder / "mqbench.duckdb"
-    tmp = folder / f"mqbench.rebuild{os.getpid()}.duckdb"
-    con = _create(tmp)
-    try:
-        sync(con, folder)
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    Path(str(path) + ".wal").unlink(missing_ok=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        try:
+            con = _create(tmp)
+            try:
+                sync(con, folder)
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+        except (duckdb.Error, OSError) as exc:
+            raise MqbenchError(f"could not rebuild the leaderboard database in {folder} "
+                               f"({str(exc).splitlines()[0][:80]}); free disk space and run "
+                               f"`mqbench leaderboard rebuild`") from None
+        finally:
+            Path(f"{tmp}.wal").unlink(missing_ok=True)
+        Path(str(path) + ".wal").unlink(missing_ok=True)
     return path
 
 
@@ -128,38 +143,31 @@ def open_db(folder: Path) -> tuple[object, str]:
     return connect(path), ("created" if version is None else f"migrated from schema {version}")
 
 
-def read_record(path: Path) -> tuple[dict, str]:
-    """A record file's contents and the sha256 of its bytes."""
+def read_record(path: Path) -> tuple[Record, str, int]:
+    """A record file as a (current-schema) Record, the sha256 of its bytes, and the schema
+    version the file itself is written in."""
     data = path.read_bytes()
-    try:
-        rec = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MqbenchError(f"record {path} is not valid JSON ({exc}); restore it from git or "
-                           f"delete it") from None
-    if not isinstance(rec, dict) or "task" not in rec or "proxy" not in rec:
-        raise MqbenchError(f"record {path} is not an mqbench record (no task/proxy fields)")
-    if (path.parent.name, path.stem) != (rec["task"], rec["proxy"]):
-        raise MqbenchError(f"record {path} is for {rec['task']}/{rec['proxy']}; it belongs in "
-                           f"records/{rec['task']}/{rec['proxy']}.json")
-    return rec, hashlib.sha256(data).hexdigest()
+    rec = Record.from_json(data, source=f"record {path}")
+    if (path.parent.name, path.stem) != (rec.task, rec.proxy):
+        raise MqbenchError(f"record {path} is for {rec.task}/{rec.proxy}; it belongs in "
+                           f"records/{rec.task}/{rec.proxy}.json")
+    return rec, hashlib.sha256(data).hexdigest(), json.loads(data)["schema_version"]
 
 
-def metric_rows(rec: dict) -> list[tuple]:
+def metric_rows(rec: Record) -> list[tuple]:
     """Long-format (metric, value, ci_lo, ci_hi) rows of a record."""
-    m = rec.get("metrics", {})
+    m = rec.metrics
     rows = []
     for key, value in m.items():
         base = key[:-3] if key.endswith(("_lo", "_hi")) else None
         if base in m:
             continue  # a confidence bound, stored beside its metric
         rows.append((key, value, m.get(key + "_lo"), m.get(key + "_hi")))
-    for key in ("per_config_ms", "proxy_seconds"):
-        if key in rec.get("timing", {}):
-            rows.append((key, rec["timing"][key], None, None))
-    for d in rec.get("downstream", []):
-        rows.append((f"ilp_acc_{d['metric']}@{d['budget_avg_bits']:g}", d["acc"], None, None))
-        rows.append((f"ilp_gap_{d['metric']}@{d['budget_avg_bits']:g}", d["gap_to_best"],
-                     None, None))
+    rows.append(("per_config_ms", rec.timing.per_config_ms, None, None))
+    rows.append(("proxy_seconds", rec.timing.proxy_seconds, None, None))
+    for d in rec.downstream:
+        rows.append((f"ilp_acc_{d.metric}@{d.budget_avg_bits:g}", d.acc, None, None))
+        rows.append((f"ilp_gap_{d.metric}@{d.budget_avg_bits:g}", d.gap_to_best, None, None))
     return rows
 
 
@@ -169,14 +177,13 @@ def delete_run(con, task: str, proxy: str) -> None:
     con.execute("DELETE FROM runs WHERE task = ? AND proxy = ?", [task, proxy])
 
 
-def insert_run(con, rec: dict, record_sha256: str) -> int:
+def insert_run(con, rec: Record, record_sha256: str) -> int:
     """Index one record (the caller deleted any previous run of the same task and proxy)."""
     run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
     con.execute("INSERT INTO runs VALUES (" + ", ".join("?" * 13) + ")", [
-        run_id, rec["task"], rec["proxy"], rec.get("proxy_version"), rec.get("proxy_sha256"),
-        rec.get("task_version"), rec.get("table_checksum"), rec.get("package_version"),
-        rec.get("torch_version"), rec.get("git_commit"), rec.get("recorded_at"), record_sha256,
-        json.dumps(rec, sort_keys=True)])
+        run_id, rec.task, rec.proxy, rec.proxy_version, rec.proxy_sha256, rec.task_version,
+        rec.table_checksum, rec.package_version, rec.torch_version, rec.git_commit,
+        rec.recorded_at, record_sha256, json.dumps(rec.to_dict(), sort_keys=True)])
     rows = metric_rows(rec)
     if rows:
         con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
@@ -219,8 +226,15 @@ def sync(con, folder: Path, skip=()) -> int:
     try:
         for (task, proxy), path in todo.items():
             delete_run(con, task, proxy)
-            if path is not None:
-                insert_run(con, *read_record(path))
+            if path is None:
+                continue
+            try:
+                rec, sha, _ = read_record(path)
+            except MqbenchError as exc:  # one bad file must not block every other record
+                print(f"mqbench: warning: skipped a damaged leaderboard record: {exc}",
+                      file=sys.stderr)
+                continue
+            insert_run(con, rec, sha)
         refresh_derived(con)
         con.commit()
     except BaseException:

@@ -5,12 +5,14 @@ Markdown (README, docs), CSV (analysis) and LaTeX/booktabs (papers). Output is
 byte-deterministic: rows ranked by a fixed key with the proxy name as tie-break, numbers
 formatted with fixed precision, no timestamps.
 
-* Correlation table (EMQ Table 2 shape): ρs@20%, ρs@50%, ρs@100% (Spearman among the
-  top-k% configurations by ground-truth accuracy, EMQ's definition), Kendall τ over all
-  configurations, ρ_sens (Spearman of the proxy's per-layer sensitivity against the
-  table's single-layer loss increase), TAP's fitness φ = α·ρ_sens + (1−α)·mean ILP
-  accuracy, milliseconds per configuration (proxy plus scoring time / #configs). 95%
-  bootstrap intervals in brackets. Ranked by ρs@100%.
+* Correlation table (EMQ Table 2 shape): one column per metric of the registry
+  (mqbench.scoring.metrics.METRICS) marked for the board, in registration order: ρs@20%,
+  ρs@50%, ρs@100% (Spearman among the proxy's top-k% configurations by predicted score,
+  EMQ's definition), Kendall τ over all configurations, ρ_sens (Spearman of the proxy's
+  per-layer sensitivity against the table's single-layer loss increase), TAP's fitness
+  φ = α·ρ_sens + (1−α)·mean ILP accuracy; then milliseconds per configuration (proxy plus
+  scoring time / #configs). 95% bootstrap intervals in brackets for bootstrapped metrics.
+  Ranked by ρs@100% (`spearman`).
 * Downstream table (TAP Table 2/3 shape): for each budget (average weight bits, priced by
   model size or by BOPs), the exact-ILP allocation each proxy picks, quantized and
   evaluated: top-1 accuracy, its gap to the best table configuration within the budget,
@@ -30,15 +32,19 @@ from dataclasses import dataclass
 
 from mqbench.board.store import query
 from mqbench.errors import MqbenchError
+from mqbench.scoring.metrics import METRICS
+from mqbench.scoring.record import Record
 from mqbench.task.spec import load_task
 
 DASH = "–"
+RANK_BY = "spearman"  # the correlation table's order (ρs@100%)
 
 
-def load_records(task: str | None = None) -> list[dict]:
-    """Stored records (full JSON), one per proxy, for `task` or all tasks; sorted."""
+def load_records(task: str | None = None) -> list[Record]:
+    """Stored records, one per proxy, for `task` or all tasks; sorted by task and proxy."""
     sql = "SELECT record FROM runs" + (" WHERE task = ?" if task else "") + " ORDER BY task, proxy"
-    return [json.loads(r[0]) for r in query(sql, [task] if task else None)]
+    return [Record.from_dict(json.loads(r[0]), "leaderboard database record")
+            for r in query(sql, [task] if task else None)]
 
 
 def _truth_label(task: str) -> str:
@@ -83,34 +89,33 @@ def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-CORRELATION = (
-    Column("spearman_top20", "ρs@20%", r"$\rho_s$@20\%", ci=True),
-    Column("spearman_top50", "ρs@50%", r"$\rho_s$@50\%", ci=True),
-    Column("spearman_top100", "ρs@100%", r"$\rho_s$@100\%", ci=True),
-    Column("kendall", "Kendall τ", r"Kendall $\tau$", ci=True),
-    Column("layer_spearman", "ρ_sens", r"$\rho_{sens}$"),
-    Column("fitness", "φ", r"$\phi$"),
-    Column("per_config_ms", "ms/config", r"ms/config", digits=4, higher_better=False),
-)
+def metric_columns() -> tuple[Column, ...]:
+    """The correlation table's metric columns: the registry's board metrics, in order."""
+    return tuple(Column(m.name, m.label, m.tex, m.digits, m.higher_is_better, ci=m.bootstrap)
+                 for m in METRICS.values() if m.board)
 
 
-def correlation_report(task: str, records: list[dict]) -> Report:
+PER_CONFIG_MS = Column("per_config_ms", "ms/config", r"ms/config", digits=4,
+                       higher_better=False)
+
+
+def correlation_report(task: str, records: list[Record]) -> Report:
+    metrics = metric_columns()
     rows = []
     for r in records:
-        m = r["metrics"]
-        row = {"proxy": r["proxy"], "version": r["proxy_version"],
-               "per_config_ms": _num(r["timing"].get("per_config_ms"))}
-        for c in CORRELATION[:-1]:
+        m = r.metrics
+        row = {"proxy": r.proxy, "version": r.proxy_version,
+               "per_config_ms": _num(r.timing.per_config_ms)}
+        for c in metrics:
             row[c.key] = _num(m.get(c.key))
             if c.ci:
                 row[c.key + "_lo"] = _num(m.get(c.key + "_lo"))
                 row[c.key + "_hi"] = _num(m.get(c.key + "_hi"))
         rows.append(row)
-    rows.sort(key=lambda x: (-x["spearman_top100"] if math.isfinite(x["spearman_top100"])
-                             else math.inf, x["proxy"]))
+    rows.sort(key=lambda x: (-x[RANK_BY] if math.isfinite(x[RANK_BY]) else math.inf, x["proxy"]))
     return Report(f"{task}: correlation with ground-truth {_truth_label(task)} "
-                  f"({records[0]['n_configs'] if records else 0} configurations)",
-                  (("proxy", "proxy"), ("version", "v")), CORRELATION, tuple(rows))
+                  f"({records[0].n_configs if records else 0} configurations)",
+                  (("proxy", "proxy"), ("version", "v")), (*metrics, PER_CONFIG_MS), tuple(rows))
 
 
 DOWNSTREAM = (
@@ -123,18 +128,18 @@ DOWNSTREAM = (
 )
 
 
-def downstream_report(task: str, records: list[dict]) -> Report:
+def downstream_report(task: str, records: list[Record]) -> Report:
     rows = []
     for r in records:
-        for d in r.get("downstream") or []:
-            rows.append({"budget": f"{d['budget_avg_bits']:g} bits ({d['metric']})",
-                         "proxy": r["proxy"], "acc": _num(d["acc"]),
-                         "best_table_acc": _num(d.get("best_table_acc")),
-                         "gap": _num(d.get("gap_to_best")),
-                         "size_kb": _num(d["size_bits"]) / 8 / 1024,
-                         "mbops": _num(d["bops"]) / 1e6,
-                         "search_s": _num(r["timing"].get("proxy_seconds")),
-                         "_order": (d["metric"] != "size", d["budget_avg_bits"])})
+        for d in r.downstream:
+            rows.append({"budget": f"{d.budget_avg_bits:g} bits ({d.metric})",
+                         "proxy": r.proxy, "acc": _num(d.acc),
+                         "best_table_acc": _num(d.best_table_acc),
+                         "gap": _num(d.gap_to_best),
+                         "size_kb": _num(d.size_bits) / 8 / 1024,
+                         "mbops": _num(d.bops) / 1e6,
+                         "search_s": _num(r.timing.proxy_seconds),
+                         "_order": (d.metric != "size", d.budget_avg_bits)})
     rows.sort(key=lambda x: (x["_order"], -x["acc"], x["proxy"]))
     for row in rows:
         del row["_order"]
@@ -243,11 +248,11 @@ def to_latex(report: Report) -> str:
 
 
 RENDERERS = {"md": to_markdown, "csv": to_csv, "tex": to_latex}
-KINDS = {"correlation": correlation_report, "downstream": downstream_report}
+TABLES = {"correlation": correlation_report, "downstream": downstream_report}
 
 
 def render(task: str, kind: str = "correlation", fmt: str = "md",
-           records: list[dict] | None = None) -> str:
+           records: list[Record] | None = None) -> str:
     """One comparison table of `task` as text."""
     records = load_records(task) if records is None else records
-    return RENDERERS[fmt](KINDS[kind](task, records))
+    return RENDERERS[fmt](TABLES[kind](task, records))

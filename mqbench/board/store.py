@@ -4,10 +4,14 @@ Records live in `leaderboard/records/<task>/<proxy>.json` (small, reviewable in 
 request; the source of truth); `leaderboard/mqbench.duckdb` is derived from them by
 mqbench.board.db (schema in `leaderboard/SCHEMA.md`) and never committed.
 
+Records are mqbench.scoring.record.Record values; a file in an older record schema reads
+as the current one (Record.from_dict migrates it) and `upgrade_records` rewrites such files.
+
 Replace rule: a new result replaces the stored record only when one of IDENTITY changed
 (proxy version or source, task version, package version, ground-truth table, record
-schema). Otherwise the run is "unchanged": records contain timings, so a re-run is never
-byte-identical; we keep the stored record and leave file and database untouched.
+schema of the stored file). Otherwise the run is "unchanged": records contain timings, so a
+re-run is never byte-identical; we keep the stored record and leave file and database
+untouched.
 
 Concurrency and crashes: every writer (and `query`) holds an exclusive flock on
 `leaderboard/.lock`, because DuckDB allows one writing process at a time. A record is
@@ -20,19 +24,23 @@ database, which the next writer's `sync` (or `mqbench leaderboard rebuild`) catc
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
-import json
 import os
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import duckdb
+
 from mqbench.board import db as D
 from mqbench.errors import MqbenchError
-from mqbench.paths import leaderboard_dir
+from mqbench.paths import leaderboard_dir, remove_stale_temps
+from mqbench.scoring.record import RECORD_SCHEMA, Record
 
 IDENTITY = ("proxy_version", "proxy_sha256", "task_version", "package_version",
             "table_checksum", "schema_version")
@@ -70,13 +78,18 @@ def _locked():
             # temp files of a writer that died (we hold the lock, so none is live)
             for stale in (folder / "records").glob("*/*.json.tmp*"):
                 stale.unlink(missing_ok=True)
+            remove_stale_temps(folder)  # a killed `rebuild`'s temporary database
             yield folder
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def identity_changes(old: dict, new: dict) -> tuple[str, ...]:
-    return tuple(k for k in IDENTITY if old.get(k) != new.get(k))
+def identity_changes(old: Record, new: Record, old_schema: int = RECORD_SCHEMA
+                     ) -> tuple[str, ...]:
+    """The IDENTITY fields that differ; `old_schema` is the stored file's own schema version
+    (a migrated record's `schema_version` is already the current one)."""
+    return tuple(k for k in IDENTITY if (old_schema if k == "schema_version"
+                                         else getattr(old, k)) != getattr(new, k))
 
 
 def _fsync_write(path: Path, text: str) -> None:
@@ -86,34 +99,46 @@ def _fsync_write(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def save_record(rec: dict, force: bool = False) -> Saved:
+def save_record(rec: Record, force: bool = False) -> Saved:
     """Store `rec` under the replace rule (force=True always replaces); see the module doc."""
-    for key in ("task", "proxy", "metrics"):
-        if key not in rec:
-            raise MqbenchError(f"not an mqbench result record (no {key!r} field)")
+    if not isinstance(rec, Record):
+        raise MqbenchError(f"save_record takes an mqbench Record, got {type(rec).__name__}; "
+                           f"convert a dict with mqbench.scoring.record.Record.from_dict")
+    if rec.proxy_kind == "search":
+        raise MqbenchError(f"{rec.proxy!r} is a search method's result (no per-configuration "
+                           f"scores); it is a report, not a leaderboard record")
     with _locked() as folder:
-        path = record_path(rec["task"], rec["proxy"])
+        path = record_path(rec.task, rec.proxy)
         old, existed = None, path.exists()
         if existed:
             try:
-                old = D.read_record(path)[0]
+                old, _, old_schema = D.read_record(path)
             except MqbenchError:
                 old = None  # a damaged record file is replaced by the fresh result
-        changed = identity_changes(old, rec) if old is not None else ()
+        changed = identity_changes(old, rec, old_schema) if old is not None else ()
         if old is not None and not changed and not force:
             note = _index_if_stale(folder)
             return Saved(path, "unchanged", db_note=note)
-        rec = {**rec, "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        text = json.dumps(rec, indent=1, sort_keys=True) + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        rec = dataclasses.replace(
+            rec, recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        text = rec.to_json()
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        _fsync_write(tmp, text)
-        con, note = D.open_db(folder)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_write(tmp, text)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _unsaved(rec, text, path, exc) from None
+        try:
+            con, note = D.open_db(folder)
+        except MqbenchError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _unsaved(rec, text, path, exc) from None
         try:
             # catch up with records changed by git or by a writer killed after its rename
-            D.sync(con, folder, skip={(rec["task"], rec["proxy"])})
+            D.sync(con, folder, skip={(rec.task, rec.proxy)})
             con.begin()
-            D.delete_run(con, rec["task"], rec["proxy"])
+            D.delete_run(con, rec.task, rec.proxy)
             D.insert_run(con, rec, hashlib.sha256(text.encode()).hexdigest())
             D.refresh_derived(con)
             _pause("in_transaction")
@@ -121,6 +146,10 @@ def save_record(rec: dict, force: bool = False) -> Saved:
             _fsync_dir(path.parent)
             _pause("after_rename")
             con.commit()
+        except (OSError, duckdb.Error) as exc:  # e.g. a full disk: keep the result, say where
+            con.rollback()
+            tmp.unlink(missing_ok=True)
+            raise _unsaved(rec, text, path, exc) from None
         except BaseException:
             con.rollback()
             tmp.unlink(missing_ok=True)
@@ -128,6 +157,28 @@ def save_record(rec: dict, force: bool = False) -> Saved:
         finally:
             con.close()
     return Saved(path, "replaced" if existed else "new", changed, note)
+
+
+def _unsaved(rec: Record, text: str, path: Path, exc: Exception) -> MqbenchError:
+    """The error for a record that could not be stored, after saving its JSON elsewhere (the
+    system temp folder, then stdout) so a long evaluation's result is never lost."""
+    if isinstance(exc, MqbenchError):  # e.g. a refused database: its own message says why
+        what = str(exc)
+    else:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+            str(exc).splitlines()[0][:80]
+        what = f"could not write the leaderboard record {path} ({reason})"
+    name = f"mqbench-unsaved-{rec.task}-{rec.proxy}-{os.getpid()}.json"
+    for folder in (Path(tempfile.gettempdir()), Path.cwd()):
+        try:
+            (folder / name).write_text(text)
+            return MqbenchError(f"{what}; the result is saved in {folder / name}: copy it to "
+                                f"{path} when the problem is fixed")
+        except OSError:
+            continue
+    print(text)
+    return MqbenchError(f"{what}; the record was printed above: save it as {path} when the "
+                        f"problem is fixed")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -157,6 +208,24 @@ def _index_if_stale(folder: Path) -> str:
     finally:
         con.close()
     return note
+
+
+def upgrade_records() -> list[Path]:
+    """Rewrite every record file written in an older record schema in the current one (the
+    migration of mqbench.scoring.record; nothing else in the file changes); returns them."""
+    done = []
+    with _locked() as folder:
+        for path in D.record_files(folder).values():
+            rec, _, schema = D.read_record(path)
+            if schema == RECORD_SCHEMA:
+                continue
+            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            _fsync_write(tmp, rec.to_json())
+            os.replace(tmp, path)
+            done.append(path)
+        if done and (folder / "mqbench.duckdb").exists():
+            _index_if_stale(folder)
+    return done
 
 
 def rebuild_db() -> Path:

@@ -1,19 +1,27 @@
 """The conformance check every registered proxy is run through (tests, CI, `mqbench eval`).
 
 `check_proxy(p, stats)` raises MqbenchError naming the first rule the proxy breaks: output
-shape and finiteness (through mqbench.proxy.contract.damage_matrix for layer kinds), determinism,
-no mutation of the statistics, and independence from the iteration order of `stats` dicts.
+shape and finiteness (mqbench.proxy.contract.validate_output), no mutation of the statistics,
+determinism, and independence from the iteration order of `stats` dicts.
+
+The proxy runs in `probe` (in this process, or through `run=` in sandbox children); only
+plain data comes back, and every comparison — outputs, and the statistics fingerprint against
+one taken here before any call — is made by the caller, where the proxy cannot patch
+`np.array_equal` or the fingerprint. Sandboxed, the suite uses separate children (each reseeds
+the global random generators): one calls the proxy twice and fingerprints the statistics in
+between, one calls it once (a second process must agree), one on reordered dicts.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from mqbench.errors import MqbenchError
-from mqbench.proxy.contract import Proxy, damage_matrix
+from mqbench.proxy.contract import Proxy, validate_output
 from mqbench.quant.space import BitConfig
 
 # Every statistic a proxy can read; absent ones (a partial fake context) are skipped.
@@ -73,45 +81,77 @@ def default_configs(stats, n_random: int = 6, seed: int = 0) -> list[BitConfig]:
     return [BitConfig(ws, (act,) * n) for ws in w]
 
 
-def _run(p: Proxy, stats, configs) -> np.ndarray:
-    try:
-        raw = p.fn(stats, configs) if p.kind == "config" else p.fn(stats)
-    except MqbenchError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - re-raised as a one-line error naming the proxy
-        raise MqbenchError(f"proxy {p.name!r} raised {type(exc).__name__}: {exc}") from None
-    if p.kind != "config":
-        return damage_matrix(p, raw, stats)[0]
-    try:
-        scores = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise MqbenchError(f"proxy {p.name!r}: returned {type(raw).__name__}, not numbers") \
-            from None
-    if scores.shape != (len(configs),):
-        raise MqbenchError(f"proxy {p.name!r}: a config proxy must return {len(configs)} "
-                           f"scores, got shape {scores.shape}")
-    if not np.all(np.isfinite(scores)):
-        raise MqbenchError(f"proxy {p.name!r}: returned NaN or infinite values")
-    return scores
+MODES = {"twice": 2, "once": 1, "reordered": 1}  # probe mode -> proxy calls it makes
 
 
-def check_proxy(p: Proxy, stats, configs: list[BitConfig] | None = None) -> None:
+def probe(fn, kind: str, stats, configs, mode: str) -> dict:
+    """(Where the proxy runs) its raw outputs for one conformance mode, as returned.
+
+    "twice": call, fingerprint the statistics, call again; "once": one call; "reordered": one
+    call on ReorderedStats(stats).
+    """
+    def call(s):
+        return fn(s, configs) if kind == "config" else fn(s)
+    if mode == "reordered":
+        return {"first": call(ReorderedStats(stats))}
+    first = call(stats)
+    if mode == "once":
+        return {"first": first}
+    fingerprint = stats_fingerprint(stats)
+    return {"first": first, "fingerprint": fingerprint, "second": call(stats)}
+
+
+def _in_process(p: Proxy) -> Callable:
+    def run(fn, args, calls):
+        try:
+            return fn(*args)
+        except MqbenchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised as a one-line error naming the proxy
+            raise MqbenchError(f"proxy {p.name!r} raised {type(exc).__name__}: {exc}") from None
+    return run
+
+
+def check_proxy(p: Proxy, stats, configs: list[BitConfig] | None = None, *,
+                run: Callable | None = None) -> None:
     """Raise MqbenchError unless `p` honours the proxy contract on `stats`.
 
     Layer kinds are compared through their per-unit damage matrix, so a proxy returning a
     per-module list, a per-unit list or a dict is judged on what the harness would use.
+    `run(fn, args, calls)` executes `fn(*args)` (which calls the proxy `calls` times) and
+    returns its plain-data result, e.g. through mqbench.proxy.sandbox.run_limited; None runs
+    it in this process (trusted code only: the proxy could patch the checks).
     """
     configs = default_configs(stats) if configs is None else configs
+    isolated = run is not None
+    run = run or _in_process(p)
     before = stats_fingerprint(stats)
-    first = _run(p, stats, configs)
-    changed = [g for g, d in stats_fingerprint(stats).items() if before.get(g) != d]
+
+    def outputs(mode: str) -> dict:
+        got = run(probe, (p.fn, p.kind, stats, configs, mode), MODES[mode])
+        if not isinstance(got, dict) or "first" not in got:
+            raise MqbenchError(f"proxy {p.name!r}: the conformance probe returned malformed "
+                               f"data")
+        return got
+
+    def checked(raw) -> np.ndarray:
+        return validate_output(p, raw, stats, len(configs))
+
+    twice = outputs("twice")
+    first = checked(twice["first"])
+    after = twice.get("fingerprint")
+    changed = sorted(g for g, d in before.items()
+                     if not isinstance(after, dict) or after.get(g) != d)
     if changed:
         raise MqbenchError(f"proxy {p.name!r}: mutated the statistics ({', '.join(changed)});"
                            f" use out-of-place operations")
-    if not np.array_equal(first, _run(p, stats, configs)):
+    if not np.array_equal(first, checked(twice.get("second"))):
         raise MqbenchError(f"proxy {p.name!r}: is not deterministic (two calls on the same "
                            f"statistics differ)")
-    reordered = _run(p, ReorderedStats(stats), configs)
+    if isolated and not np.array_equal(first, checked(outputs("once")["first"])):
+        raise MqbenchError(f"proxy {p.name!r}: is not deterministic (two processes differ: "
+                           f"seed every random generator you use)")
+    reordered = checked(outputs("reordered")["first"])
     if not np.allclose(first, reordered, rtol=1e-9, atol=1e-12):
         raise MqbenchError(f"proxy {p.name!r}: depends on the iteration order of the stats "
                            f"dicts; index them by name in stats.modules order")

@@ -19,16 +19,15 @@ import numpy as np
 from mqbench.errors import MqbenchError
 from mqbench.provenance import software
 from mqbench.proxy.context import Stats
-from mqbench.proxy.contract import Proxy, damage_matrix
-from mqbench.proxy.sandbox import run_limited
+from mqbench.proxy.contract import Proxy, check_scores, damage_matrix
+from mqbench.proxy.sandbox import check_limits, run_limited
 from mqbench.quant.space import BitConfig
 from mqbench.scoring import allocate as A
 from mqbench.scoring import metrics as S
+from mqbench.scoring.record import TABLE_PROVENANCE_KEYS, Allocation, Record, Timing
 from mqbench.task.spec import Task
 from mqbench.truth.bench import open_bench
 from mqbench.truth.build import ensure_table
-
-RECORD_SCHEMA = 1
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,9 @@ class EvalOptions:
     isolate: bool = True
     progress: bool = True
     downstream: bool = True
+
+    def __post_init__(self):
+        check_limits(self.timeout, self.mem_mb)  # one line for 0, -1, nan
 
 
 def config_matrix(space, keys) -> np.ndarray:
@@ -78,16 +80,16 @@ def _call(p: Proxy, stats, configs, opts: EvalOptions):
     return run_limited(p.fn, args, name=p.name, timeout=opts.timeout, mem_mb=opts.mem_mb)
 
 
-def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> dict:
-    """Evaluate `p` on `task`; returns the result record (see leaderboard.py)."""
+def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> Record:
+    """Evaluate `p` on `task`; returns its result record (nothing is written)."""
     table = ensure_table(task, opts.progress)
     bench = open_bench(task, opts.progress)
     if table.meta.get("weights_checksum") != bench.weights_manifest.get("checksum", "pretrained"):
         raise MqbenchError(f"the table of {task.key} was built from other model weights than the "
-                           f"cached ones; rebuild it with `mqbench build {task.name} --force`")
+                           f"cached ones; rebuild it with `mqbench build --task {task.name} --force`")
     space = bench.space
     stats = Stats(bench)
-    stats.compute_all()  # computed before the fork, so the isolated child only reads them
+    stats.compute_all()  # the sandbox gets a read-only view of them, shipped once
     configs = table.configs()
     keys = configs.key.to_numpy()
     cfg_list = [BitConfig.from_key(k) for k in keys]
@@ -97,20 +99,16 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> d
     proxy_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     if p.kind == "config":
-        scores = np.asarray(raw, dtype=float)
-        if scores.shape != (len(keys),) or not np.all(np.isfinite(scores)):
-            raise MqbenchError(f"proxy {p.name!r}: a config proxy must return {len(keys)} finite "
-                               f"scores, got shape {scores.shape}")
+        scores = check_scores(p, raw, len(keys))  # the contract's one output validator
         damage = sens = None
     else:
         damage, sens = damage_matrix(p, raw, stats)
         scores = config_scores(damage, config_matrix(space, keys))
     score_seconds = time.perf_counter() - t1
 
-    metrics = S.config_metrics(scores, table.quality(configs), keys, opts.bootstrap, task.seed)
-    metrics["kl_spearman"] = S.spearman(scores, -configs.kl.to_numpy())
-    truth = layer_truth(table, space)
-    metrics["layer_spearman"] = (S.spearman(sens, truth) if sens is not None else float("nan"))
+    metrics = S.config_metrics(scores, table.quality(configs), keys, opts.bootstrap, task.seed,
+                               kl=configs.kl.to_numpy())
+    metrics.update(S.layer_metrics(sens, layer_truth(table, space)))
 
     downstream = []
     if opts.downstream and damage is not None:
@@ -127,37 +125,24 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> d
                 m = ev.evaluate(cfg)
                 within = all_rows[all_rows[column] <= budget * (1 + 1e-9)]
                 best = float(within.acc.max()) if len(within) else float("nan")
-                downstream.append({"budget_avg_bits": avg, "metric": metric, "config": cfg.key,
-                                   "acc": m.acc, "loss": m.loss, "kl": m.kl,
-                                   "size_bits": space.size_bits(cfg), "bops": space.bops(cfg),
-                                   "best_table_acc": best, "gap_to_best": best - m.acc})
-    accs = [d["acc"] for d in downstream if d["metric"] == "size"]
-    alpha = task.harness.alpha
-    if accs and np.isfinite(metrics["layer_spearman"]):
-        metrics["fitness"] = alpha * metrics["layer_spearman"] + (1 - alpha) * float(np.mean(accs))
-    else:
-        metrics["fitness"] = float("nan")
+                downstream.append(Allocation(
+                    budget_avg_bits=avg, metric=metric, config=cfg.key, acc=m.acc, loss=m.loss,
+                    kl=m.kl, size_bits=space.size_bits(cfg), bops=space.bops(cfg),
+                    best_table_acc=best, gap_to_best=best - m.acc))
+    metrics.update(S.downstream_metrics(metrics, downstream, task.harness.alpha))
 
-    return {
-        "schema_version": RECORD_SCHEMA,
-        "proxy": p.name, "proxy_version": p.version, "proxy_sha256": p.source_sha256,
-        "proxy_kind": p.kind, "paper": p.paper,
-        "task": task.name, "task_version": task.version, "task_checksum": task.checksum,
-        "table_checksum": table.meta["rows_checksum"], "seed": task.seed,
-        **software(),
+    return Record(
+        proxy=p.name, proxy_version=p.version, proxy_sha256=p.source_sha256, proxy_kind=p.kind,
+        paper=p.paper, task=task.name, task_version=task.version, task_checksum=task.checksum,
+        table_checksum=table.meta["rows_checksum"], seed=task.seed, **software(),
         # provenance of the ground-truth table the proxy was scored against
-        "table_provenance": {k: table.meta.get(k) for k in (
-            "package_version", "git_commit", "torch_version", "weights_checksum", "rows",
-            "eval_samples", "schema_version")},
-        "n_configs": len(keys), "bootstrap": opts.bootstrap,
-        "metrics": {k: (None if not np.isfinite(v) else round(float(v), 6))
-                    for k, v in metrics.items()},
-        "downstream": downstream,
-        "timing": {"proxy_seconds": round(proxy_seconds, 4),
-                   "score_seconds": round(score_seconds, 6),
-                   "per_config_ms": round(1000 * (proxy_seconds + score_seconds) / len(keys),
-                                          5)},
-        "sensitivity": (None if sens is None else
-                        {u: float(s) for u, s in zip(space.units, sens)}),
-        "scores": {k: float(s) for k, s in zip(keys, scores)},
-    }
+        table_provenance={k: table.meta.get(k) for k in TABLE_PROVENANCE_KEYS},
+        n_configs=len(keys), bootstrap=opts.bootstrap,
+        metrics={k: (None if not np.isfinite(v) else round(float(v), 6))
+                 for k, v in metrics.items()},
+        downstream=tuple(downstream),
+        timing=Timing(proxy_seconds=round(proxy_seconds, 4),
+                      score_seconds=round(score_seconds, 6),
+                      per_config_ms=round(1000 * (proxy_seconds + score_seconds) / len(keys), 5)),
+        sensitivity=(None if sens is None else {u: float(s) for u, s in zip(space.units, sens)}),
+        scores={k: float(s) for k, s in zip(keys, scores)})

@@ -12,29 +12,24 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from mqbench.errors import MqbenchError
-from mqbench.task.spec import TEXT_DATASETS, DataSpec
 from mqbench.task.text import corpus, tokenize
 from mqbench.task.text.tokenize import vocab_size
 
+if TYPE_CHECKING:  # spec validates dataset names against DATASETS below, so it imports us
+    from mqbench.task.spec import DataSpec
+
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_STATS = {  # per-dataset channel statistics used to normalise inputs
-    "digits": ((0.3,), (0.37,)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "imagenet-folder": (IMAGENET_MEAN, IMAGENET_STD),
-    "imagenet-hf": (IMAGENET_MEAN, IMAGENET_STD),
-}
-_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar10": 10, "imagenet-folder": 1000,
-            "imagenet-hf": 1000}
 
 
 @dataclass(frozen=True)
@@ -66,18 +61,17 @@ def normalization(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor]:
     The task's own `data.mean`/`data.std` win over the dataset's statistics: a pretrained
     checkpoint must see inputs normalised the way it was trained.
     """
-    if spec.dataset in TEXT_DATASETS:  # token ids are not normalised
+    info = DATASETS[spec.dataset]
+    if info.text:  # token ids are not normalised
         return torch.zeros(1), torch.ones(1)
-    mean, std = (spec.mean, spec.std) if spec.mean else _STATS[spec.dataset]
+    mean, std = (spec.mean, spec.std) if spec.mean else (info.mean, info.std)
     return (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
 
 
 def num_classes(spec: DataSpec) -> int:
     """Output classes: the label count, or the tokenizer's vocabulary for text tasks."""
-    if spec.dataset in TEXT_DATASETS:
-
-        return vocab_size(spec)
-    return _CLASSES[spec.dataset]
+    info = DATASETS[spec.dataset]
+    return vocab_size(spec) if info.text else info.classes
 
 
 def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -93,18 +87,14 @@ def load_split(spec: DataSpec, split: str, n: int = 0, seed: int = 0) -> Split:
     Large datasets decode only the chosen images, so a 1,024-image calibration set never
     reads the whole ImageNet training folder.
     """
-    if spec.dataset in TEXT_DATASETS:
-        return _text(spec, split).subset(n, seed)
-    if spec.dataset in ("imagenet-folder", "imagenet-hf"):
-        loader = _imagenet_folder if spec.dataset == "imagenet-folder" else _imagenet_hf
-        return loader(spec, split, n, seed)
-    loader = {"digits": _digits, "fashion-mnist": _fashion_mnist, "cifar10": _cifar10}
-    return loader[spec.dataset](spec, split).subset(n, seed)
+    info = DATASETS[spec.dataset]
+    if info.subsets:
+        return info.load(spec, split, n, seed)
+    return info.load(spec, split).subset(n, seed)
 
 
 def _text(spec: DataSpec, split: str) -> Split:
     """Token windows of a text split: x = tokens [N, seq_len], y = the next tokens."""
-
     corpus.check_pinned(spec)
     split = "validation" if split == "val" else split
     x, y = corpus.windows(tokenize.token_stream(spec, split), spec.seq_len,
@@ -113,7 +103,7 @@ def _text(spec: DataSpec, split: str) -> Split:
 
 
 def _digits(spec: DataSpec, split: str) -> Split:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn only for the digits tasks
 
     d = load_digits()
     x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
@@ -160,7 +150,7 @@ def _fashion_mnist(spec: DataSpec, split: str) -> Split:
 
 
 def _cifar10(spec: DataSpec, split: str) -> Split:
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10  # lazy: torchvision only for CIFAR/ImageNet tasks
 
     root = spec.root or os.environ.get("MQBENCH_DATA", "")
     try:
@@ -174,14 +164,13 @@ def _cifar10(spec: DataSpec, split: str) -> Split:
 
 
 def _imagenet_transform(size: int):
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # lazy: torchvision only for CIFAR/ImageNet tasks
 
     size = size or 224
     return T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
 
 
 def _stack(images, labels, transform) -> Split:
-
     xs = [transform(img.convert("RGB")) for img in tqdm(images, desc="decode", leave=False,
                                                         total=len(labels))]
     if not xs:
@@ -191,7 +180,7 @@ def _stack(images, labels, transform) -> Split:
 
 def _imagenet_folder(spec: DataSpec, split: str, n: int, seed: int) -> Split:
     """ImageNet laid out as ROOT/{train,val}/<wnid>/*.JPEG (torchvision ImageFolder)."""
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # lazy: torchvision only for CIFAR/ImageNet tasks
 
     root = Path(spec.root or os.environ.get("MQBENCH_DATA", ""))
     folder = root / ("train" if split == "train" else split)
@@ -201,7 +190,7 @@ def _imagenet_folder(spec: DataSpec, split: str, n: int, seed: int) -> Split:
     ds = ImageFolder(str(folder))
     idx = subset_indices(len(ds.samples), n, seed)
     chosen = [ds.samples[i] for i in (range(len(ds.samples)) if idx is None else idx.tolist())]
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow only for the Hugging Face ImageNet loader
 
     def images():
         for path, _ in chosen:
@@ -214,7 +203,7 @@ def _imagenet_folder(spec: DataSpec, split: str, n: int, seed: int) -> Split:
 def _imagenet_hf(spec: DataSpec, split: str, n: int, seed: int) -> Split:
     """ImageNet from Hugging Face `datasets` (a hub id or a local path), columns image/label."""
     try:
-        import datasets
+        import datasets  # lazy: optional extra `hf`, and slow to import
     except ImportError:
         raise MqbenchError("the imagenet-hf dataset needs Hugging Face datasets: "
                            "pip install 'mqbench[hf]'") from None
@@ -234,3 +223,31 @@ def _imagenet_hf(spec: DataSpec, split: str, n: int, seed: int) -> Split:
     # datasets < 4 (gigabytes for an ImageNet evaluation set).
     return _stack((row["image"] for row in ds), list(ds["label"]),
                   _imagenet_transform(spec.image_size))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset a task may name in `data.dataset`: what it is and how to load it."""
+
+    name: str
+    load: Callable  # (spec, split) -> Split, or (spec, split, n, seed) when `subsets`
+    text: bool = False  # token windows: the task is a causal LM
+    classes: int = 0  # image datasets: label count (text: the tokenizer's vocabulary)
+    mean: tuple[float, ...] = ()  # channel statistics used to normalise inputs
+    std: tuple[float, ...] = ()
+    subsets: bool = False  # the loader decodes only the chosen n samples itself
+
+
+# The one table of datasets: adding a dataset is one entry here (and its loader above).
+DATASETS = {d.name: d for d in (
+    Dataset("digits", _digits, classes=10, mean=(0.3,), std=(0.37,)),
+    Dataset("fashion-mnist", _fashion_mnist, classes=10, mean=(0.2860,), std=(0.3530,)),
+    Dataset("cifar10", _cifar10, classes=10, mean=(0.4914, 0.4822, 0.4465),
+            std=(0.2470, 0.2435, 0.2616)),
+    Dataset("imagenet-folder", _imagenet_folder, classes=1000, mean=IMAGENET_MEAN,
+            std=IMAGENET_STD, subsets=True),
+    Dataset("imagenet-hf", _imagenet_hf, classes=1000, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            subsets=True),
+    Dataset("python-docs", _text, text=True),
+    Dataset("wikitext2", _text, text=True),
+)}

@@ -66,6 +66,7 @@ def _small_resnet(n_blocks: int):
 
 
 def _small_vit(spec: ModelSpec, in_chans: int, num_classes: int, image_size: int) -> nn.Module:
+    # lazy: timm only for the ViT/Swin tasks (slow to import)
     from timm.models.vision_transformer import VisionTransformer
 
     if image_size % spec.patch:
@@ -89,13 +90,13 @@ def build_model(spec: ModelSpec, in_chans: int, num_classes: int, image_size: in
         return _OWN[spec.arch](spec, in_chans, num_classes, image_size)
     try:
         if spec.source == "torchvision":
-            import torchvision.models as tvm
+            import torchvision.models as tvm  # lazy: torchvision only for CIFAR/ImageNet tasks
 
             if spec.arch not in tvm.list_models():
                 raise MqbenchError(f"unknown torchvision model {spec.arch!r}"
                                    f"{did_you_mean(spec.arch, tvm.list_models())}")
             return tvm.get_model(spec.arch, weights="DEFAULT" if spec.pretrained else None)
-        import timm
+        import timm  # lazy: timm only for the ViT/Swin tasks (slow to import)
 
         if spec.arch not in timm.list_models():
             raise MqbenchError(f"unknown timm model {spec.arch!r}"

@@ -18,6 +18,7 @@ import tomllib
 
 from mqbench.errors import MqbenchError, did_you_mean
 from mqbench.paths import task_dirs
+from mqbench.task.datasets import DATASETS
 
 DEFAULT_TASK = "fmnist-resnet8"
 
@@ -150,18 +151,14 @@ class Task:
     @property
     def is_lm(self) -> bool:
         """A causal language-model task (text data, weight-only quantization)."""
-        return self.data.dataset in TEXT_DATASETS
-
-
-TEXT_DATASETS = ("python-docs", "wikitext2")
+        return DATASETS[self.data.dataset].text
 
 
 _CHOICES = {
     ("model", "source"): ("train", "torchvision", "timm", "hf"),
     ("train", "optimizer"): ("sgd", "adamw"),
     ("model", "dtype"): ("float32", "bfloat16", "float16"),
-    ("data", "dataset"): ("digits", "fashion-mnist", "cifar10", "imagenet-folder", "imagenet-hf",
-                          *TEXT_DATASETS),
+    ("data", "dataset"): tuple(DATASETS),
     ("quant", "weight_clip"): ("mse", "max"),
     ("quant", "act_clip"): ("mse", "minmax"),
 }
@@ -225,6 +222,9 @@ def _check(task: Task, where: str) -> None:
         if list(bits) != sorted(set(bits)):
             raise MqbenchError(f"{where}.quant.{label}: list bit-widths ascending, no repeats")
     for name, value in (("version", task.version), ("table.configs", task.table.configs),
+                        ("table.strata", task.table.strata),
+                        ("table.batch_size", task.table.batch_size),
+                        ("harness.calibration_batch", task.harness.calibration_batch),
                         ("data.calibration_samples", task.data.calibration_samples)):
         if value < 1:
             raise MqbenchError(f"{where}.{name}: must be >= 1, got {value}")
@@ -238,6 +238,10 @@ def _check(task: Task, where: str) -> None:
         _check_lm(task, where)
     if not 0.0 <= task.harness.alpha <= 1.0:
         raise MqbenchError(f"{where}.harness.alpha: must be in [0, 1], got {task.harness.alpha}")
+    if not task.harness.budgets:
+        raise MqbenchError(f"{where}.harness.budgets: give at least one average-bit budget")
+    # checked when the file is read, so `build` and `eval` refuse the same files
+    check_budgets(task, task.harness.budgets, f"{where}.harness.budgets")
 
 
 def check_budgets(task: Task, budgets, where: str) -> None:
@@ -261,7 +265,7 @@ def _check_lm(task: Task, where: str) -> None:
                            f"tokenizer mqbench trains, or data.tokenizer = a model's tokenizer")
     if task.quant.group_size < 0:
         raise MqbenchError(f"{where}.quant.group_size: must be >= 0")
-    check_budgets(task, (*a.budgets, *task.harness.budgets), where)
+    check_budgets(task, a.budgets, f"{where}.automixq.budgets")
     if not all(0.0 < f < 1.0 for f in a.fractions):
         raise MqbenchError(f"{where}.automixq.fractions: each must be in (0, 1)")
     if a.samples < 1 or a.elites < 1 or a.step < 1 or a.aux_samples < 1:
@@ -298,7 +302,11 @@ def load_task(name_or_path: str | os.PathLike | None = None) -> Task:
     """Load a task by registered name or by path to a TOML file (default: the bundled task)."""
     name_or_path = str(name_or_path or DEFAULT_TASK)
     path = Path(name_or_path)
-    if not (path.suffix == ".toml" and path.exists()):
+    if path.suffix == ".toml" or os.sep in name_or_path:
+        if not path.is_file():
+            raise MqbenchError(f"task file {name_or_path} does not exist; give a task name "
+                               f"(`mqbench tasks` lists them) or the path of a .toml file")
+    else:
         known = list_tasks()
         if name_or_path not in known:
             raise MqbenchError(f"unknown task {name_or_path!r}{did_you_mean(name_or_path, known)}"

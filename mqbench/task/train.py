@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -18,7 +17,8 @@ from torch import nn
 from tqdm import tqdm
 
 from mqbench.errors import MqbenchError
-from mqbench.paths import cache_dir, shipped_dir
+from mqbench.paths import atomic_path, cache_dir, shipped_dir
+from mqbench.task import artifacts
 from mqbench.task.datasets import Split, to_input
 
 
@@ -105,10 +105,12 @@ def load_or_train(task, model: nn.Module, train_split_fn, mean, std,
     weights, manifest_path = folder / "weights.pt", folder / "manifest.json"
     shipped = shipped_dir(task.key)
     if not weights.exists() and (shipped / "weights.pt").exists():
-
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shipped / "manifest.json", manifest_path)
-        shutil.copyfile(shipped / "weights.pt", weights)
+        # manifest first, weights last: a reader that sees the weights sees both complete
+        for name, dst in (("manifest.json", manifest_path), ("weights.pt", weights)):
+            artifacts.verify(shipped / name)
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(shipped / name, tmp)
     if weights.exists() and manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         try:
@@ -128,8 +130,10 @@ def load_or_train(task, model: nn.Module, train_split_fn, mean, std,
                 "torch": torch.__version__, "threads": TRAIN_THREADS,
                 "train_seconds": round(time.perf_counter() - start, 1)}
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, weights)  # atomic: a crash never leaves half a checkpoint behind
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    # atomic and unique per writer: two first-time runs racing never share a temporary file,
+    # and a crash never leaves half a checkpoint; manifest first, weights last (see above)
+    with atomic_path(manifest_path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    with atomic_path(weights) as tmp:
+        torch.save(state, tmp)
     return model, manifest

@@ -2,13 +2,16 @@
 
 The plan lists every measurement (uniform, sampled and per-layer configurations, noise
 repeats); `build_table` measures what is missing and stores it. A shard is an ordinary
-resumable build of every n-th planned measurement, in its own DuckDB file; `merge_shards` checks that the complete shards cover the plan exactly and writes the
-task's table atomically. `build_parallel` runs the shards side by side on one machine.
+resumable build of every n-th planned measurement, in its own DuckDB file; `merge_shards`
+checks that the complete shards cover the plan exactly and writes the task's table
+atomically. `build_parallel` runs the shards side by side on one machine.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -30,7 +33,7 @@ from mqbench.truth.store import (
     COLUMNS,
     check_provenance,
     connect,
-    import_shipped,
+    installed,
     load_table,
     read_meta,
     read_rows,
@@ -39,6 +42,8 @@ from mqbench.truth.store import (
     table_provenance,
     write_meta,
 )
+
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,17 @@ def default_jobs() -> int:
                else os.cpu_count() or 1)
 
 
-def _shard_worker(task: Task, shard: tuple[int, int], force: bool, queue) -> None:
+def _die_with(parent: int) -> None:
+    """Make this worker exit when its parent does, even on SIGKILL (Linux PR_SET_PDEATHSIG):
+    a killed `build --jobs` must not leave workers running and writing shards."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+
+def _shard_worker(task: Task, shard: tuple[int, int], force: bool, queue, parent: int) -> None:
+    _die_with(parent)
     torch.set_num_threads(1)
     try:
         build_table(task, shard=shard, force=force, progress=False, report=queue.put)
@@ -229,7 +244,8 @@ def build_parallel(task: Task, jobs: int, force: bool = False, progress: bool = 
         return build_table(task, progress=progress)  # complete or resumable sequential table
     ctx = torch.multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_shard_worker, args=(task, (i, jobs), force, queue),
+    procs = [ctx.Process(target=_shard_worker,
+                         args=(task, (i, jobs), force, queue, os.getpid()),
                          daemon=True) for i in range(jobs)]
     total = len(plan(open_bench(task, progress=False)))
     start = time.perf_counter()
@@ -276,8 +292,8 @@ def build_parallel(task: Task, jobs: int, force: bool = False, progress: bool = 
 
 
 def ensure_table(task: Task, progress: bool = True):
-    """The task's verified table, built and cached on first use."""
-    if not table_path(task).exists() and not import_shipped(task):
+    """The task's verified table, built and cached on first use (the one way to get a table)."""
+    if not installed(task):
         build_parallel(task, default_jobs(), progress=progress)
     else:
         try:
@@ -297,7 +313,7 @@ def merge_shards(task: Task, n: int, progress: bool = True) -> Path:
     missing = [str(p) for p in shards if not p.exists()]
     if missing:
         raise MqbenchError(f"cannot merge: shard file(s) missing: {', '.join(missing)}; "
-                           f"run `mqbench build {task.name} --shard i/{n}` for each")
+                           f"run `mqbench build --task {task.name} --shard i/{n}` for each")
     bench = open_bench(task, progress)
     frames, seconds = [], 0.0
     for p in shards:
@@ -305,7 +321,7 @@ def merge_shards(task: Task, n: int, progress: bool = True) -> Path:
         meta = read_meta(con)
         if meta.get("complete") != "true":
             raise MqbenchError(f"cannot merge: shard {p} is incomplete; resume it with "
-                               f"`mqbench build {task.name} --shard {meta.get('shard')}`")
+                               f"`mqbench build --task {task.name} --shard {meta.get('shard')}`")
         check_provenance(meta, bench, p)
         frames.append(read_rows(con))
         seconds += float(meta.get("build_seconds", 0))

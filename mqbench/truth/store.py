@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from mqbench.errors import MqbenchError
-from mqbench.paths import cache_dir, shipped_dir
+from mqbench.paths import atomic_path, cache_dir, remove_stale_temps, shipped_dir
 from mqbench.provenance import software
+from mqbench.task import artifacts
 from mqbench.task.spec import Task
 from mqbench.truth.bench import Bench
 
@@ -78,7 +79,7 @@ def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
             con.execute(_DDL)
         return con
     except duckdb.Error as exc:
-        if "lock" in str(exc).lower():
+        if re.search(r"\block\b", str(exc).lower()):  # not "block" in a corruption message
             raise MqbenchError(f"table {path} is being written by another mqbench process; "
                                f"wait for it to finish (builds resume, nothing is lost)") from None
         raise MqbenchError(f"table {path} is unreadable ({str(exc).splitlines()[0][:100]}); "
@@ -121,8 +122,8 @@ def check_provenance(stored: dict, bench: Bench, path: Path) -> None:
                 "tokenizer_sha256"):
         if key in stored and stored[key] != str(fresh[key]):
             raise MqbenchError(f"table {path} was built with a different {key} than the "
-                               f"current task; rebuild with `mqbench build {bench.task.name} "
-                               f"--force` (or bump the task's version)")
+                               f"current task; rebuild with `mqbench build --task "
+                               f"{bench.task.name} --force` (or bump the task's version)")
 
 
 def rows_checksum(rows: pd.DataFrame) -> str:
@@ -143,7 +144,8 @@ def read_rows(con) -> pd.DataFrame:
 
 
 def export_table(task: Task) -> Path:
-    """Write the verified table as Parquet + JSON meta next to the shipped weights."""
+    """Write the verified table as Parquet + JSON meta next to the shipped weights, and pin
+    every shipped file's checksum in tasks/artifacts/SHA256SUMS."""
     table = load_table(task)
     out = shipped_dir(task.key)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,50 +160,77 @@ def export_table(task: Task) -> Path:
     for name in ("weights.pt", "manifest.json"):
         if (models / name).exists():
             shutil.copyfile(models / name, out / name)
+    artifacts.pin(sorted(p for p in out.iterdir() if p.is_file()))
     return out
 
 
 def import_shipped(task: Task) -> bool:
-    """Install the repository's shipped table for `task` into the cache; False if none."""
+    """Install the repository's shipped table for `task` into the cache; False if none.
+
+    The shipped files must match tasks/artifacts/SHA256SUMS, and the rows their own checksum;
+    a damaged artifact is a one-line error and leaves nothing behind in the cache.
+    """
     src = shipped_dir(task.key)
     if not (src / "table.parquet").exists():
         return False
+    for name in ("table.parquet", "table_meta.json"):
+        artifacts.verify(src / name)
     path = table_path(task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".import{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    con = connect(tmp)
-    try:
-        con.execute(f"INSERT INTO results SELECT {', '.join(COLUMNS)} FROM "
-                    f"read_parquet('{src / 'table.parquet'}')")
-        write_meta(con, json.loads((src / "table_meta.json").read_text()))
-    finally:
-        con.close()
-    os.replace(tmp, path)
+    remove_stale_temps(path.parent)
+    with atomic_path(path) as tmp:
+        con = connect(tmp)
+        try:
+            con.execute(f"INSERT INTO results SELECT {', '.join(COLUMNS)} FROM "
+                        f"read_parquet('{src / 'table.parquet'}')")
+            write_meta(con, json.loads((src / "table_meta.json").read_text()))
+        except (duckdb.Error, ValueError) as exc:
+            raise MqbenchError(f"shipped table {src} is unreadable "
+                               f"({str(exc).splitlines()[0][:80]}); restore it with "
+                               f"`git checkout -- {src}`") from None
+        finally:
+            con.close()
+            Path(f"{tmp}.wal").unlink(missing_ok=True)
     load_table(task)  # verifies checksum and provenance; raises if the shipped copy is stale
     return True
+
+
+def installed(task: Task) -> bool:
+    """True when the task's table is in the cache, installing the shipped copy if needed."""
+    return table_path(task).exists() or import_shipped(task)
+
+
+def open_table(task: Task) -> Table:
+    """The task's verified table from the cache or the shipped copy; never builds one."""
+    installed(task)
+    return load_table(task)
 
 
 def load_table(task: Task) -> Table:
     """Open and verify a complete table (checksum and provenance)."""
     path = table_path(task)
     if not path.exists():
-        raise MqbenchError(f"no table for {task.key}; build it with `mqbench build {task.name}`")
+        raise MqbenchError(f"no table for {task.key}; build it with `mqbench build --task "
+                           f"{task.name}`")
     con = connect(path, read_only=True)
     try:
         meta = read_meta(con)
         rows = read_rows(con)
+    except duckdb.Error as exc:
+        raise MqbenchError(f"table {path} is corrupt ({str(exc).splitlines()[0][:80]}); delete "
+                           f"it and rerun: the shipped copy or a rebuild replaces it") from None
     finally:
         con.close()
     if meta.get("complete") != "true":
-        raise MqbenchError(f"table {path} is incomplete; resume with `mqbench build {task.name}`")
+        raise MqbenchError(f"table {path} is incomplete; resume with `mqbench build --task "
+                           f"{task.name}`")
     if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
         raise MqbenchError(f"table {path} has schema version {meta.get('schema_version')}, this "
                            f"mqbench reads {SCHEMA_VERSION}; rebuild with --force")
     if meta.get("task_version") != str(task.version) or meta.get("task_checksum") != task.checksum:
         raise MqbenchError(f"table {path} was built from a different version of task file "
-                           f"{task.path}; rebuild with `mqbench build {task.name} --force`")
+                           f"{task.path}; rebuild with `mqbench build --task {task.name} --force`")
     if rows_checksum(rows) != meta.get("rows_checksum"):
         raise MqbenchError(f"table {path} fails its checksum (corrupt or modified); rebuild "
-                           f"with `mqbench build {task.name} --force`")
+                           f"with `mqbench build --task {task.name} --force`")
     return Table(task, rows, meta, path)

@@ -6,19 +6,32 @@ reaches the budget; mean and spread over seeds, as the paper's "random mixed-pre
 baselines), proxy-driven ILP allocation over {2,3,4} bits from the leaderboard records (the
 harness' downstream allocations), and AutoMixQ's searched configurations. Every number is
 test-split perplexity, measured here (the proxies' from their records, same evaluator).
+
+AutoMixQ's own result is a `Record` (the type every result uses): proxy "automixq", kind
+"search", one `Allocation` per budget (its option keys, test-split accuracy, loss, KL and
+weight bits; no BOPs, no table comparison), the search time as `timing`, and the bench's
+provenance from mqbench.truth.store.table_provenance. It has no per-configuration scores and
+so no metrics: it is written beside the table in the result JSON (`record`), never to the
+leaderboard. The table rows (`rows`) are the report over it and the baselines.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from mqbench.provenance import software
+from mqbench.scoring.record import Allocation, Record, Timing
+from mqbench.search.automixq import search as search_module
 from mqbench.search.automixq.search import Search
 from mqbench.truth.bench import Evaluator
 from mqbench.truth.store import table_provenance
+
+VERSION = 1  # AutoMixQ's version as a record's proxy_version; bump when its behaviour changes
 
 
 def _ppl(loss: float) -> float:
@@ -40,8 +53,37 @@ def heldout_metrics(search: Search, evaluator: Evaluator, keys: list[str]):
     return evaluator.token_metrics(search.mixed.apply([search.by_key[k] for k in keys]))
 
 
-def compare(search: Search, state, records: list[dict], random_seeds: int = 3) -> dict:
-    """All rows of the comparison: {'budgets': [...], 'rows': [{method, setting, cells}]}."""
+def automixq_record(search: Search, state, evaluator: Evaluator) -> Record:
+    """AutoMixQ's searched configurations as a Record, each measured on the test windows."""
+    task, params = search.task, search.params
+    allocations = []
+    for b in sorted(task.automixq.budgets):
+        found = state.found.get(f"{b:g}")
+        if not found:
+            continue
+        keys = found["config"]
+        m = heldout_metrics(search, evaluator, keys)
+        bits = np.array([search.by_key[k].avg_bits for k in keys])
+        allocations.append(Allocation(
+            budget_avg_bits=float(b), metric="size", config=",".join(keys), acc=m.acc,
+            loss=m.loss, kl=m.kl, size_bits=round(float((bits * params).sum())), bops=None,
+            best_table_acc=None, gap_to_best=None))
+    seconds = round(state.seconds, 1)
+    return Record(
+        proxy="automixq", proxy_version=VERSION,
+        proxy_sha256=hashlib.sha256(Path(search_module.__file__).read_bytes()).hexdigest(),
+        proxy_kind="search", paper="AutoMixQ, Algorithm 1 (global 2/4-bit search)",
+        task=task.name, task_version=task.version, task_checksum=task.checksum,
+        table_checksum=None, seed=task.seed, **software(), n_configs=0, bootstrap=0,
+        metrics={}, downstream=tuple(allocations),
+        timing=Timing(proxy_seconds=seconds, score_seconds=0.0,
+                      per_config_ms=round(1000 * state.seconds / max(1, state.evaluations), 3)),
+        scores={}, sensitivity=None, table_provenance=table_provenance(search.bench))
+
+
+def compare(search: Search, state, records: list[Record], random_seeds: int = 3) -> dict:
+    """The comparison: {'task', 'budgets', 'rows': [{method, setting, cells, ...}],
+    'random_seeds', 'aux_windows', 'record': AutoMixQ's Record as a dict}."""
     bench, task = search.bench, search.task
     budgets = sorted(task.automixq.budgets)
     table_ev = bench.evaluator(task.seed)
@@ -60,24 +102,20 @@ def compare(search: Search, state, records: list[dict], random_seeds: int = 3) -
     rows.append({"method": f"Random 2/4 (geo-mean of {random_seeds})", "setting": "mixed",
                  "cells": cells, "range": spread, "avg_bits": avgs})
     for rec in records:
-        cells = {f"{d['budget_avg_bits']:g}": _ppl(d["loss"]) for d in rec.get("downstream", [])
-                 if d["metric"] == "size"}
+        cells = {f"{d.budget_avg_bits:g}": _ppl(d.loss) for d in rec.downstream
+                 if d.metric == "size"}
         if cells:
-            rows.append({"method": f"ILP ({rec['proxy']})", "setting": "2/3/4", "cells": cells})
-    cells, avgs = {}, {}
-    for b in budgets:
-        found = state.found.get(f"{b:g}")
-        if found:
-            cells[f"{b:g}"] = _ppl(heldout_metrics(search, mixed_ev, found["config"]).loss)
-            avgs[f"{b:g}"] = found["avg_bits"]
-    rows.append({"method": "AutoMixQ", "setting": "2/4 + protection", "cells": cells,
-                 "avg_bits": avgs, "search_seconds": round(state.seconds, 1),
-                 "evaluations": state.evaluations})
-    # The table's own provenance (versions, commit, checksums, tokenizer, corpus) plus ours.
-    provenance = {**table_provenance(bench), "aux_windows": len(search.aux_x),
-                  "random_seeds": random_seeds}
+            rows.append({"method": f"ILP ({rec.proxy})", "setting": "2/3/4", "cells": cells})
+    auto = automixq_record(search, state, mixed_ev)
+    rows.append({"method": "AutoMixQ", "setting": "2/4 + protection",
+                 "cells": {f"{d.budget_avg_bits:g}": _ppl(d.loss) for d in auto.downstream},
+                 "avg_bits": {f"{b:g}": state.found[f"{b:g}"]["avg_bits"] for b in budgets
+                              if f"{b:g}" in state.found},
+                 "search_seconds": auto.timing.proxy_seconds, "evaluations": state.evaluations})
+    # Provenance (versions, commit, checksums, tokenizer, corpus) is the record's.
     return {"task": task.key, "budgets": [f"{b:g}" for b in budgets], "rows": rows,
-            "provenance": provenance}
+            "random_seeds": random_seeds, "aux_windows": len(search.aux_x),
+            "record": auto.to_dict()}
 
 
 def markdown(result: dict) -> str:
@@ -85,8 +123,8 @@ def markdown(result: dict) -> str:
     budgets = result["budgets"]
     head = ("| method | setting | fixed bits | " + " | ".join(f"W{b}A16" for b in budgets)
             + " |")
-    lines = [f"Test perplexity on `{result['task']}` (lower is better; W<b> = average weight "
-             f"bits, activations float).", "", head, "|---|---|---:|" + "---:|" * len(budgets)]
+    lines = [(f"Test perplexity on `{result['task']}` (lower is better; W<b> = average weight "
+              f"bits, activations float)."), "", head, "|---|---|---:|" + "---:|" * len(budgets)]
     for row in result["rows"]:
         c = row["cells"]
         fixed = c.get("fp", c.get("uniform"))

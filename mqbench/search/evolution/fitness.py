@@ -24,11 +24,13 @@ import numpy as np
 
 from mqbench.proxy.context import Stats
 from mqbench.proxy.contract import Proxy, damage_matrix
+from mqbench.proxy.sandbox import run_limited
 from mqbench.scoring import allocate as A
 from mqbench.scoring import metrics as S
-from mqbench.scoring.harness import config_matrix, ensure_table, layer_truth
+from mqbench.scoring.harness import config_matrix, layer_truth
 from mqbench.task.spec import Task
 from mqbench.truth.bench import open_bench
+from mqbench.truth.build import ensure_table
 
 
 @dataclass(frozen=True)
@@ -114,5 +116,7 @@ def proxy_fitness(ctx: Context, p: Proxy) -> Fitness:
     """φ of a registered (trusted, shipped) layer or layer_bit proxy; config proxies: INVALID."""
     if p.kind == "config":
         return INVALID
-    damage, sens = damage_matrix(p, p.fn(ctx.stats), ctx.stats)
+    # a proxy file runs in the sandbox (listing it never ran it); your own function runs here
+    raw = run_limited(p.fn, (ctx.stats,), name=p.name) if p.path else p.fn(ctx.stats)
+    damage, sens = damage_matrix(p, raw, ctx.stats)
     return from_damage(ctx, damage, sens)

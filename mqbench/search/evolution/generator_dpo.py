@@ -1,9 +1,8 @@
 """Generator fine-tuning (issue 5, DPO level 2): trl's DPO on a LoRA adapter of the hf generator.
 
-Preference pairs come only from children of the same prompt (so the preferred and the
-dispreferred answer compete on equal terms): the chosen child must be valid and beat the
-rejected one by at least a fitness margin (an invalid, −inf child can be rejected, never
-chosen), and near-duplicate answers are dropped (they teach nothing but noise). One update
+The preference pairs are the LLM generator's (generator_llm.build_pairs: siblings of one
+prompt, the chosen one valid and at least a fitness margin better, near-duplicates
+dropped). One update
 loads the base model with the current adapter (a fresh LoRA adapter the first time), runs
 `trl.DPOTrainer` (CPU-friendly: small LoRA rank, no activation checkpointing; a GPU when
 there is one), and saves the adapter with `save_pretrained`; the generator then
@@ -14,7 +13,6 @@ keeps the adapter and the update statistics in the loop's checkpoint.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 import random
 import shutil
@@ -27,27 +25,18 @@ import numpy as np
 import torch
 
 from mqbench.errors import MqbenchError
-from mqbench.search.evolution.hf_generator import (
+from mqbench.search.evolution.chat_hf import (
     INSTALL_HINT,
-    HFGenerator,
+    HFChat,
     answer_ids,
     load_model,
     render,
 )
-
-
-@dataclass(frozen=True)
-class Pair:
-    messages: list[dict]  # the prompt both answers were sampled from
-    chosen: str
-    rejected: str
-    gap: float  # fitness(chosen) − fitness(rejected); inf when the rejected one is invalid
+from mqbench.search.evolution.generator_llm import Pair
 
 
 @dataclass(frozen=True)
 class DPOSettings:
-    margin: float = 0.01  # minimum fitness gap of a pair
-    max_similarity: float = 0.95  # difflib ratio above which two answers are near-duplicates
     beta: float = 0.1
     lr: float = 1e-4
     epochs: int = 1
@@ -72,51 +61,13 @@ class DPOStats:
 def require_trl():
     """Import trl and peft, or a one-line error saying how to install them."""
     try:
+        # lazy: optional packages (pip install -e '.[discover-hf]')
         import peft  # noqa: F401
         import trl
     except ImportError:
         raise MqbenchError(f"generator fine-tuning (--generator hf with DPO) needs trl and peft: "
                            f"{INSTALL_HINT}") from None
     return trl
-
-
-def _answer(c: dict) -> str:
-    return c.get("answer") or f"{c['reasoning']}\n```python\n{c['code']}```"
-
-
-def _near_duplicate(a: str, b: str, limit: float) -> bool:
-    m = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    # The quick ratios are upper bounds of ratio(): most unrelated pairs stop there.
-    return m.real_quick_ratio() > limit and m.quick_ratio() > limit and m.ratio() > limit
-
-
-def build_pairs(children: list[dict], messages_of, margin: float,
-                max_similarity: float = 0.95) -> list[Pair]:
-    """Preference pairs among children of the same prompt.
-
-    Args:
-        children: candidates with 'prompt' (what identifies their prompt), 'phi' (fitness,
-            −inf when invalid) and the answer ('answer', or 'reasoning' + 'code').
-        messages_of: prompt -> chat messages the answers were sampled from.
-        margin: minimum fitness gap chosen − rejected.
-        max_similarity: answers with a difflib ratio above this are near-duplicates.
-    """
-    groups: dict[str, list[dict]] = {}
-    for c in children:
-        groups.setdefault(c["prompt"], []).append(c)
-    pairs = []
-    for prompt, group in groups.items():
-        for a in group:
-            if not math.isfinite(a["phi"]):
-                continue  # invalid code is never preferred
-            for b in group:
-                gap = a["phi"] - b["phi"]  # inf when b is invalid
-                if b is a or not gap >= margin:
-                    continue
-                chosen, rejected = _answer(a), _answer(b)
-                if not _near_duplicate(chosen, rejected, max_similarity):
-                    pairs.append(Pair(messages_of(prompt), chosen, rejected, gap))
-    return pairs
 
 
 def logp_margins(model, tok, pairs: list[Pair]) -> np.ndarray:
@@ -156,7 +107,7 @@ def _global_rng_kept():
 def _quiet():
     """No dataset progress bars or deprecation chatter from inside trl during an update."""
 
-    import datasets
+    import datasets  # lazy: optional, installed with trl
 
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
@@ -177,6 +128,7 @@ def dpo_update(model_path, adapter, pairs: list[Pair], out_dir: Path,
     with one, training continues from it and trl's reference is a frozen copy of it.
     """
     require_trl()
+    # lazy: optional and heavy, needed only for an update
     from datasets import Dataset
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
@@ -226,42 +178,39 @@ def dpo_update(model_path, adapter, pairs: list[Pair], out_dir: Path,
 
 @dataclass
 class GeneratorDPO:
-    """Loop hook: every `every` generations, one DPO update from that generation's children.
+    """Loop hook: every `every` generations, one DPO update on that generation's pairs.
 
     The adapter path (relative to the run folder) and each update's statistics live in the
-    loop state's `generator` entry, so a resumed run continues with the adapter.
+    LLM generator's checkpointed state (`saved`), so a resumed run continues with the adapter.
     """
 
-    gen: HFGenerator
+    chat: HFChat
     workdir: Path
-    messages_of: object  # prompt -> chat messages (llm_loop.chat)
     every: int = 1
     settings: DPOSettings = DPOSettings()
 
-    def start(self, state) -> None:
-        if not state.generator.get("adapter") and self.gen.adapter:
+    def start(self, saved: dict) -> None:
+        if not saved.get("adapter") and self.chat.adapter:
             # A user-given starting adapter: recorded, so --resume finds it without the flag.
-            state.generator["adapter"] = str(Path(self.gen.adapter).resolve())
-        rel = state.generator.get("adapter")
-        if rel and str(Path(self.workdir) / rel) != self.gen.adapter:
+            saved["adapter"] = str(Path(self.chat.adapter).resolve())
+        rel = saved.get("adapter")
+        if rel and str(Path(self.workdir) / rel) != self.chat.adapter:
             path = Path(self.workdir) / rel
             if not path.is_dir():
                 raise MqbenchError(f"cannot resume: the checkpoint's generator adapter {path} "
                                    f"is missing; restore it or start without --resume")
-            self.gen.use_adapter(path)
+            self.chat.use_adapter(path)
 
-    def after_generation(self, state, children: list[dict]) -> None:
-        if self.every < 1 or state.generation % self.every:
+    def after_generation(self, generation: int, pairs: list[Pair], saved: dict) -> None:
+        if self.every < 1 or generation % self.every:
             return
-        pairs = build_pairs(children, self.messages_of, self.settings.margin,
-                            self.settings.max_similarity)
-        log = state.generator.setdefault("dpo", [])
+        log = saved.setdefault("dpo", [])
         if not pairs:
-            log.append(asdict(DPOStats(state.generation, 0, "")))
+            log.append(asdict(DPOStats(generation, 0, "")))
             return
-        rel = Path("adapters") / f"gen{state.generation:04d}"
-        stats = dpo_update(self.gen.model_path, self.gen.adapter, pairs,
-                           Path(self.workdir) / rel, self.settings, state.generation)
-        self.gen.use_adapter(Path(self.workdir) / rel)
-        state.generator["adapter"] = str(rel)
+        rel = Path("adapters") / f"gen{generation:04d}"
+        stats = dpo_update(self.chat.model_path, self.chat.adapter, pairs,
+                           Path(self.workdir) / rel, self.settings, generation)
+        self.chat.use_adapter(Path(self.workdir) / rel)
+        saved["adapter"] = str(rel)
         log.append({**asdict(stats), "adapter": str(rel)})

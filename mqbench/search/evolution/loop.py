@@ -1,15 +1,21 @@
-"""The discovery loop (symbolic generator): evolve expression trees, checkpoint, resume.
+"""The discovery loop, one for every candidate generator (symbolic, openai, hf).
 
-One generation: pick parents by tournament from the population, make `population`
-children by crossover (probability `p_cross`) or mutation, screen them (invalid → −inf,
-counted), drop children that duplicate the behaviour of a current member or of an earlier child of the same
-generation (same rank order of per-module sensitivities: EMQ's diversity rule, which also stops one good tree from filling
-the population with copies), and keep the best `population` of parents + children, ties
-going to the newer. The best-so-far fitness therefore never decreases.
+A generator (`Generator`) proposes candidates and scores them with TAP's fitness
+(fitness.py); the loop owns everything else. Generation 0 fills the population with fresh
+proposals (at most `init_tries` × population of them; the population keeps their order).
+Each later generation asks for `children` proposals (parents picked by tournament, `pick`),
+screens them: invalid ones (−inf fitness) and those that duplicate the behaviour of a
+current member or of an earlier child of the same generation (same rank order of
+per-module sensitivities: EMQ's diversity rule, which also stops one good candidate from
+filling the population with copies) are counted and never kept; then the best
+`population` of parents + children survive, ties going to the newer (elitism: the
+best-so-far fitness never decreases).
 
-After every generation the whole state (population, counters, history and the random
-generator's state) is written atomically to a JSON checkpoint, so `--resume` continues
-exactly where a run stopped and gives the same result as an uninterrupted run.
+With a run folder, every evaluated candidate is appended to `candidates.jsonl` (genome,
+fitness, why it was dropped) and after every generation the whole state (population,
+counters, history, the random generator's state and the generator's own state) is written
+atomically to `checkpoint.json`, so `resume` continues exactly where a run stopped and
+gives the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,154 +23,291 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from mqbench.errors import MqbenchError
-from mqbench.proxy.contract import list_proxies
-from mqbench.search.evolution import symbolic as T
-from mqbench.search.evolution.features import module_features
-from mqbench.search.evolution.fitness import (
-    Context,
-    Fitness,
-    context,
-    from_sensitivity,
-    proxy_fitness,
-)
+from mqbench.search.evolution.fitness import INVALID, Context, Fitness
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+CHECKPOINT = "checkpoint.json"  # inside the run folder
+CANDIDATES = "candidates.jsonl"
+GENERATORS = ("symbolic", "openai", "hf")
+DUPLICATE = "duplicate behaviour"
+# Settings a resumed run may change: how long it runs, how many sandboxes it uses at once.
+_RESUMABLE = ("generations", "workers")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What defines a run; a checkpoint is only resumed under the same settings."""
+    """What defines a run; a checkpoint is only resumed under the same settings.
+
+    Fields marked symbolic or LLM are read by those generators only. `children` and
+    `init_tries` left at 0 take the generator's default (stored resolved).
+    """
 
     task: str
+    generator: str = "symbolic"  # symbolic | openai | hf
     generations: int = 30
     population: int = 64
     seed: int = 0
-    p_cross: float = 0.5
-    tournament: int = 4
-    max_depth: int = 4
+    children: int = 0  # per generation; 0: population (symbolic), 16 (LLM: 8 prompts x 2)
+    init_tries: int = 0  # generation 0 proposes <= init_tries x population; 0: 50 / LLM 1
+    tournament: int = 4  # symbolic: parents are the best of this many random members
+    p_cross: float = 0.5  # symbolic: crossover probability (else mutation)
+    max_depth: int = 4  # symbolic: tree depth limit
+    siblings: int = 2  # LLM: answers per prompt (preference pairs are siblings)
+    temperature: float = 0.8  # LLM sampling
+    max_new_tokens: int = 512  # hf: answer length limit in tokens
+    timeout: float = 10.0  # LLM: seconds per candidate in the sandbox
+    mem_mb: int = 2048  # LLM: memory per candidate in the sandbox
+    margin: float = 0.01  # LLM: minimum fitness gap of a preference pair
+    dpo_every: int = 1  # hf: one DPO update of the generator every K generations (0: never)
+    workers: int = 2  # LLM: candidates scored at once, each in its own sandboxed process
+
+    def __post_init__(self):
+        if self.generator not in GENERATORS:
+            raise MqbenchError(f"unknown generator {self.generator!r}; choose one of "
+                               f"{', '.join(GENERATORS)}")
+        if self.generations < 0 or self.population < 2:
+            raise MqbenchError("need --generations >= 0 and --population >= 2")
+        if self.dpo_every < 0 or self.max_new_tokens < 1:
+            raise MqbenchError("need --dpo-every >= 0 and --max-new-tokens >= 1")
+        if min(self.children, self.init_tries) < 0 or min(self.tournament, self.siblings,
+                                                           self.max_depth, self.workers) < 1:
+            raise MqbenchError("need children, init_tries >= 0 and tournament, siblings, "
+                               "max_depth, workers >= 1")
+        llm = self.generator != "symbolic"
+        if not self.children:  # frozen: resolved once, so checkpoints store the real value
+            object.__setattr__(self, "children", 16 if llm else self.population)
+        if not self.init_tries:
+            object.__setattr__(self, "init_tries", 1 if llm else 50)
 
 
-@dataclass
-class Member:
-    tree: tuple
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated candidate. `genome` is JSON-able (tuples, dicts, strings, numbers)."""
+
+    genome: object  # an expression tree (symbolic) or an LLM answer's parts
     phi: float
     rho_sens: float
     acc: float
     born: int  # generation; 0 = initial population
-    order: int  # evaluation counter: the tie-break towards newer members
+    order: int  # evaluation counter: the tie-break towards newer candidates
+    signature: tuple = ()  # behaviour (rank order of per-module sensitivity); () if invalid
+    why: str = ""  # '' for a candidate that may be kept; else why invalid, or DUPLICATE
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A generator's verdict on one genome."""
+
+    fitness: Fitness
+    signature: tuple = ()  # () when invalid
+    why: str = ""  # why invalid ('' when valid)
 
 
 @dataclass
 class State:
     settings: Settings
     generation: int = 0
-    members: list[Member] = field(default_factory=list)
+    members: list[Candidate] = field(default_factory=list)  # the population
     evaluated: int = 0
     invalid: int = 0
     duplicates: int = 0
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one entry per finished generation
     rng: dict | None = None
+    generator: dict = field(default_factory=dict)  # the generator's own state (JSON-able)
 
     @property
-    def best(self) -> Member:
-        return max(self.members, key=lambda m: (m.phi, m.order))
+    def best(self) -> Candidate | None:
+        return max(self.members, key=lambda m: (m.phi, m.order), default=None)
 
 
-def _signature(values: np.ndarray) -> tuple:
-    return tuple(np.argsort(values, kind="stable").tolist())
+class Generator(Protocol):
+    """A candidate generator: what it proposes and how a proposal is scored."""
+
+    name: str  # Settings.generator
+    label: str  # for the discovered file's header, e.g. "openai, model gpt-4o"
+
+    def start(self, state: State) -> None:
+        """Called once per run, fresh or resumed, before anything is proposed."""
+
+    def propose(self, state: State, n: int, pick: Callable[[], Candidate],
+                rng: np.random.Generator) -> list:
+        """Up to `n` genomes for generation `state.generation` (0: the initial population);
+        `pick()` draws a parent from the population by tournament."""
+
+    def score(self, ctx: Context, genomes: list, tags: list[str],
+              spearman: bool = False) -> list[Scored]:
+        """Fitness of each genome on `ctx` (`tags` name them, e.g. for scratch files)."""
+
+    def observe(self, state: State, children: list[Candidate]) -> dict:
+        """After selection, before the checkpoint: see every candidate of the generation;
+        returns extra entries for the generation's history line."""
+
+    def render(self, genome, name: str) -> tuple[str, str]:
+        """(explanation for the docstring, proxy source registering `name`)."""
 
 
-def _score(ctx: Context, feats, tree, generation: int, order: int) -> tuple[Member, tuple]:
-    with np.errstate(all="ignore"):
-        values = T.evaluate(tree, feats)
-    fit = from_sensitivity(ctx, values) if np.all(np.isfinite(values)) else None
-    if fit is None or not math.isfinite(fit.phi):
-        return Member(tree, -math.inf, math.nan, math.nan, generation, order), ()
-    return Member(tree, fit.phi, fit.rho_sens, fit.acc, generation, order), _signature(values)
+def signature(values) -> tuple:
+    """A candidate's behaviour: the rank order of its per-module (or unit) sensitivities."""
+    return tuple(np.argsort(np.asarray(values, dtype=np.float64).ravel(),
+                            kind="stable").tolist())
+
+
+def tournament(members: list[Candidate], rng: np.random.Generator, k: int) -> Candidate:
+    """The best of `k` members drawn without replacement (ties: the newer)."""
+    if not members:
+        raise MqbenchError("the population is empty: no parent to pick")
+    pick = rng.choice(len(members), size=min(k, len(members)), replace=False)
+    return max((members[i] for i in pick), key=lambda m: (m.phi, m.order))
+
+
+def _thaw(obj):
+    """JSON lists back to tuples (trees and signatures), recursively."""
+    if isinstance(obj, list):
+        return tuple(_thaw(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _thaw(v) for k, v in obj.items()}
+    return obj
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a run killed mid-write keeps the previous file
 
 
 def save(state: State, path: Path) -> None:
+    """Write the state to a checkpoint file, atomically."""
     data = {"version": CHECKPOINT_VERSION, "settings": asdict(state.settings),
             "generation": state.generation, "evaluated": state.evaluated,
             "invalid": state.invalid, "duplicates": state.duplicates,
             "history": state.history, "rng": state.rng,
-            "members": [asdict(m) for m in state.members]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
-    os.replace(tmp, path)  # a run killed mid-write keeps the previous checkpoint
+            "members": [asdict(m) for m in state.members], "generator": state.generator}
+    _atomic_write(Path(path), json.dumps(data, indent=1, allow_nan=True))
 
 
 def load(path: Path, settings: Settings) -> State:
+    """The state stored in a checkpoint file, to be continued under `settings`."""
     try:
         data = json.loads(Path(path).read_text())
         if data.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint version {data.get('version')}")
+            raise ValueError(f"checkpoint version {data.get('version')}, expected "
+                             f"{CHECKPOINT_VERSION}")
         stored = Settings(**data["settings"])
-        members = [Member(T.as_tree(m["tree"]), m["phi"], m["rho_sens"], m["acc"], m["born"],
-                          m["order"]) for m in data["members"]]
+        members = [Candidate(**{**m, "genome": _thaw(m["genome"]),
+                                "signature": tuple(m["signature"])}) for m in data["members"]]
         state = State(stored, data["generation"], members, data["evaluated"], data["invalid"],
-                      data["duplicates"], data["history"], data["rng"])
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+                      data["duplicates"], data["history"], data["rng"], data["generator"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError, MqbenchError) as exc:
         raise MqbenchError(f"cannot resume from {path}: malformed checkpoint ({exc}); delete "
                            f"it or start without --resume") from None
-    changed = [k for k in ("task", "population", "seed", "p_cross", "tournament", "max_depth")
-               if getattr(stored, k) != getattr(settings, k)]
+    changed = [f.name for f in fields(Settings) if f.name not in _RESUMABLE
+               and getattr(stored, f.name) != getattr(settings, f.name)]
     if changed:
         raise MqbenchError(f"cannot resume {path}: it was made with other settings "
                            f"({', '.join(changed)}); use the same ones or a new checkpoint")
-    state.settings = settings  # only `generations` may grow
+    state.settings = settings
     return state
 
 
-def run(ctx: Context, settings: Settings, checkpoint: Path | None = None,
+def _plain(v: float) -> float | None:
+    return v if math.isfinite(v) else None  # the log is plain JSON: null, not -Infinity
+
+
+def _log_line(c: Candidate) -> str:
+    return json.dumps({"order": c.order, "generation": c.born, "phi": _plain(c.phi),
+                       "rho_sens": _plain(c.rho_sens), "acc": _plain(c.acc), "why": c.why,
+                       "genome": c.genome})
+
+
+def _truncate_log(path: Path, evaluated: int) -> None:
+    """Drop log lines of candidates evaluated after the checkpoint (a run killed mid-way)."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines()
+                if line and json.loads(line)["order"] <= evaluated]
+        _atomic_write(path, "".join(line + "\n" for line in keep))
+
+
+def run(ctx: Context, gen: Generator, settings: Settings, workdir: Path | None = None, *,
         resume: bool = False, progress: bool = True, stop_after: int | None = None) -> State:
-    """Evolve until `settings.generations`; `stop_after` ends early (tests simulate a kill)."""
-    feats = module_features(ctx.stats)
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = load(checkpoint, settings)
+    """Evolve until `settings.generations`; the run folder `workdir` holds the checkpoint
+    and the candidate log (None: nothing is written). `stop_after` ends early after that
+    many generations of this call (tests simulate a kill)."""
+    if gen.name != settings.generator:
+        raise MqbenchError(f"settings name generator {settings.generator!r} but the "
+                           f"generator given is {gen.name!r}")
+    workdir = Path(workdir) if workdir is not None else None
+    ckpt = workdir / CHECKPOINT if workdir is not None else None
+    if resume and ckpt is not None and ckpt.exists():
+        state = load(ckpt, settings)
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng
+        _truncate_log(workdir / CANDIDATES, state.evaluated)
     else:
         state = State(settings)
         rng = np.random.default_rng(settings.seed)
-    seen: set = set()  # behaviours in the current population (+ this generation's children)
+        if workdir is not None:
+            _atomic_write(workdir / CANDIDATES, "")
+    gen.start(state)
+    seen: set = set()  # behaviours in the population (+ this generation's children so far)
 
-    def reset_seen():
-        seen.clear()
-        with np.errstate(all="ignore"):
-            seen.update(_signature(T.evaluate(m.tree, feats)) for m in state.members)
+    def pick() -> Candidate:
+        return tournament(state.members, rng, settings.tournament)
 
-    def make(tree, generation):
-        state.evaluated += 1
-        member, sig = _score(ctx, feats, tree, generation, state.evaluated)
-        if not sig:
-            state.invalid += 1
-            return None
-        if sig in seen:
-            state.duplicates += 1
-            return None
-        seen.add(sig)
-        return member
+    def screen(genomes: list) -> list[Candidate]:
+        first = state.evaluated + 1
+        scored = gen.score(ctx, genomes, [str(first + i) for i in range(len(genomes))])
+        out = []
+        for genome, s in zip(genomes, scored):
+            state.evaluated += 1
+            f, sig, why = s.fitness, s.signature, s.why
+            if not math.isfinite(f.phi) or not sig:
+                state.invalid += 1
+                f, sig, why = INVALID, (), why or "invalid"
+            elif sig in seen:
+                state.duplicates += 1
+                why = DUPLICATE
+            else:
+                seen.add(sig)
+            out.append(Candidate(genome, f.phi, f.rho_sens, f.acc, state.generation,
+                                 state.evaluated, sig, why))
+        if workdir is not None:
+            with open(workdir / CANDIDATES, "a") as log:
+                log.writelines(_log_line(c) + "\n" for c in out)
+        return out
 
-    if not state.members:  # the initial population
-        tries = 0
-        while len(state.members) < settings.population and tries < 50 * settings.population:
-            tries += 1
-            m = make(T.random_tree(rng, settings.max_depth - 1), 0)
-            if m is not None:
-                state.members.append(m)
-        _log(state)
+    def finish(children: list[Candidate]) -> None:
+        extra = gen.observe(state, children)
+        best = state.best or _EMPTY
+        state.history.append({"generation": state.generation, "best": best.phi,
+                              "rho_sens": best.rho_sens, "acc": best.acc,
+                              "evaluated": state.evaluated, "invalid": state.invalid,
+                              "duplicates": state.duplicates, **extra})
         state.rng = rng.bit_generator.state
-        if checkpoint is not None:
-            save(state, checkpoint)
+        if ckpt is not None:
+            save(state, ckpt)
+
+    if not state.history:  # a fresh run: the initial population
+        children: list[Candidate] = []
+        cap = settings.init_tries * settings.population
+        while len(state.members) < settings.population and len(children) < cap:
+            batch = gen.propose(state, min(settings.population - len(state.members),
+                                           cap - len(children)), pick, rng)
+            if not batch:
+                break
+            new = screen(batch)
+            children += new
+            state.members += [c for c in new if not c.why]
+        finish(children)
 
     bar = tqdm(total=settings.generations, initial=state.generation, desc="discover",
                disable=not progress, unit="gen")
@@ -173,106 +316,19 @@ def run(ctx: Context, settings: Settings, checkpoint: Path | None = None,
         if stop_after is not None and done_now >= stop_after:
             break
         state.generation += 1
-        reset_seen()
-        children = []
-        for _ in range(settings.population):
-            a = _tournament(state.members, rng, settings.tournament)
-            if rng.random() < settings.p_cross:
-                b = _tournament(state.members, rng, settings.tournament)
-                tree = T.crossover(a.tree, b.tree, rng, settings.max_depth)
-            else:
-                tree = T.mutate(a.tree, rng, settings.max_depth)
-            m = make(tree, state.generation)
-            if m is not None:
-                children.append(m)
-        pool = state.members + children
+        seen.clear()
+        seen.update(m.signature for m in state.members)
+        children = screen(gen.propose(state, settings.children, pick, rng))
+        pool = state.members + [c for c in children if not c.why]
         pool.sort(key=lambda m: (m.phi, m.order), reverse=True)  # ties: the newer first
         state.members = pool[:settings.population]
-        _log(state)
-        state.rng = rng.bit_generator.state
-        if checkpoint is not None:
-            save(state, checkpoint)
+        finish(children)
         done_now += 1
         bar.update()
-        h = state.history[-1]
-        bar.set_postfix(best=f"{h['best']:.4f}", evaluated=state.evaluated,
+        bar.set_postfix(best=f"{state.history[-1]['best']:.4f}", evaluated=state.evaluated,
                         invalid=f"{state.invalid / max(1, state.evaluated):.0%}")
     bar.close()
     return state
 
 
-def _tournament(members: list[Member], rng, k: int) -> Member:
-    pick = rng.choice(len(members), size=min(k, len(members)), replace=False)
-    return max((members[i] for i in pick), key=lambda m: (m.phi, m.order))
-
-
-def _log(state: State) -> None:
-    best = state.best
-    state.history.append({"generation": state.generation, "best": best.phi,
-                          "rho_sens": best.rho_sens, "acc": best.acc,
-                          "evaluated": state.evaluated, "invalid": state.invalid,
-                          "duplicates": state.duplicates})
-
-
-def write_proxy(state: State, out: Path, name: str, fit: Fitness,
-                holdout: dict[str, Fitness] | None = None) -> Path:
-    """Write the best tree as a registered-format proxy file with its provenance."""
-    best = state.best
-    s = state.settings
-    lines = [
-        "Discovered by `mqbench discover` (generator: symbolic, EMQ-style search space).",
-        "",
-        f"Expression: {T.to_text(best.tree)}",
-        "",
-        "Reasoning: an evolved combination of per-layer statistics (see",
-        "mqbench/search/evolution/features.py); it was kept because it maximised TAP's fitness",
-        f"phi = alpha*rho_sens + (1-alpha)*Acc on the training task {s.task}.",
-        "",
-        f"Training task {s.task}: fitness {fit.phi:.4f} (rho_sens {fit.rho_sens:.4f}, "
-        f"table-lookup Acc {fit.acc:.4f}, config Spearman {fit.spearman:.4f}).",
-    ]
-    for task, f in (holdout or {}).items():
-        lines.append(f"Held-out task {task} (no tuning on it): fitness {f.phi:.4f} "
-                     f"(rho_sens {f.rho_sens:.4f}, Acc {f.acc:.4f}, "
-                     f"config Spearman {f.spearman:.4f}).")
-    lines += ["", f"Found in generation {best.born} of {s.generations}; population "
-              f"{s.population}, seed {s.seed}, {state.evaluated} candidates evaluated "
-              f"({state.invalid} invalid, {state.duplicates} duplicates)."]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(T.render(best.tree, name=name, doc="\n".join(lines)))
-    return out
-
-
-def leaderboard_of(ctx: Context, extra: dict[str, Fitness] | None = None) -> list[tuple]:
-    """[(name, Fitness)] of every registered layer/layer_bit proxy (+ extra), best first."""
-
-    rows = [(name, proxy_fitness(ctx, p)) for name, p in sorted(list_proxies().items())
-            if p.kind != "config" and not name.startswith("discovered")]
-    rows += list((extra or {}).items())
-    return sorted(rows, key=lambda r: (-r[1].phi if math.isfinite(r[1].phi) else math.inf,
-                                       r[0]))
-
-
-def discover(task, settings: Settings, out: Path, holdout=(), checkpoint: Path | None = None,
-             resume: bool = False, progress: bool = True) -> dict:
-    """Run the symbolic search on `task`, write the best proxy to `out`; returns a report."""
-
-    name = Path(out).stem
-    if not name.isidentifier():
-        raise MqbenchError(f"--out {out}: the file name must be a Python identifier (it names "
-                           f"the proxy), e.g. proxies/discovered_symbolic.py")
-    ctx = context(task, progress)
-    state = run(ctx, settings, checkpoint, resume, progress)
-    feats = module_features(ctx.stats)
-    fit = from_sensitivity(ctx, T.evaluate(state.best.tree, feats), spearman=True)
-    held = {}
-    for h in holdout:
-        hctx = context(h, progress)
-        held[h.name] = (hctx, from_sensitivity(hctx, T.evaluate(state.best.tree,
-                                                                 module_features(hctx.stats)),
-                                               spearman=True))
-    path = write_proxy(state, out, name, fit, {k: v[1] for k, v in held.items()})
-    return {"path": path, "state": state, "train": leaderboard_of(ctx, {name: fit}),
-            "holdout": {k: leaderboard_of(c, {name: f}) for k, (c, f) in held.items()},
-            "name": name}
+_EMPTY = Candidate(None, -math.inf, math.nan, math.nan, 0, 0)  # history of an empty population

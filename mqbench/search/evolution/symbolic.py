@@ -131,12 +131,9 @@ def crossover(a, b, rng: np.random.Generator, max_depth: int = 4):
     return a
 
 
-def render(tree, *, name: str, doc: str) -> str:
-    """Source of a registered-format proxy file computing `tree` (a `layer` proxy)."""
-    return f'''"""{doc.strip()}
-"""
-
-from mqbench.search.evolution import symbolic as S
+def source(tree, *, name: str) -> str:
+    """Code of a registered-format proxy file computing `tree` (a `layer` proxy), no docstring."""
+    return f'''from mqbench.search.evolution import symbolic as S
 from mqbench.search.evolution.features import module_features
 from mqbench.proxy import proxy
 
@@ -147,3 +144,8 @@ def {name}(stats):
     f = module_features(stats)
     return {to_text(tree)}
 '''
+
+
+def render(tree, *, name: str, doc: str) -> str:
+    """Source of a whole proxy file computing `tree`, with `doc` as its docstring."""
+    return f'"""{doc.strip()}\n"""\n\n' + source(tree, name=name)

@@ -102,7 +102,7 @@ def split_text(spec, split: str) -> str:
 
 def _wikitext(spec, split: str) -> str:
     try:
-        import datasets
+        import datasets  # lazy: optional extra `hf`, and slow to import
     except ImportError:
         raise MqbenchError("WikiText-2 needs Hugging Face `datasets`: pip install "
                            "'mqbench[hf]'") from None
@@ -114,7 +114,7 @@ def _wikitext(spec, split: str) -> str:
 
             name, config = spec.hf_name or "wikitext", spec.hf_config or "wikitext-2-raw-v1"
             if not hub.reachable():  # the cache only: no 30 s of retries when offline
-                import huggingface_hub.constants
+                import huggingface_hub.constants  # lazy: only when reaching the hub
 
                 for mod, key in ((datasets.config, "HF_HUB_OFFLINE"),
                                  (datasets.config, "HF_DATASETS_OFFLINE"),

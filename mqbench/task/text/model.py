@@ -36,6 +36,7 @@ class CausalLM(nn.Module):
 
 def tiny_llama(spec, vocab_size: int, seq_len: int) -> CausalLM:
     """A small Llama with the task's dimensions (random init from the current torch RNG)."""
+    # lazy: transformers takes seconds to import; only LM tasks need it
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if spec.dim % spec.heads:
@@ -51,6 +52,7 @@ def tiny_llama(spec, vocab_size: int, seq_len: int) -> CausalLM:
 def load_hf(spec) -> CausalLM:
     """A pretrained Hugging Face causal LM from a local folder or the hub (eval mode)."""
     try:
+        # lazy: transformers takes seconds to import; only LM tasks need it
         from transformers import AutoModelForCausalLM
 
         lm = hub.load(AutoModelForCausalLM.from_pretrained, spec.arch,

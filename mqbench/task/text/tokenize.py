@@ -37,6 +37,7 @@ def text_dir(spec) -> Path:
 
 def train_bpe(text: str, vocab_size: int):
     """A byte-level BPE tokenizer trained on `text` (deterministic for equal input)."""
+    # lazy: only LM tasks need a tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -70,6 +71,7 @@ def load_tokenizer(spec) -> tuple[_Encoder, dict]:
     """The task's tokenizer (trained and cached on first use) and its provenance."""
     if spec.tokenizer:
         try:
+            # lazy: transformers takes seconds to import; only LM tasks need it
             from transformers import AutoTokenizer
 
             tok = hub.load(AutoTokenizer.from_pretrained, spec.tokenizer)
@@ -78,7 +80,7 @@ def load_tokenizer(spec) -> tuple[_Encoder, dict]:
                                f"({type(exc).__name__}); give a local model folder or a hub id "
                                f"you have downloaded (cached under $HF_HOME)") from None
         return _Encoder(tok, True), {"tokenizer": spec.tokenizer}
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # lazy: only LM tasks need a tokenizer
 
     path = text_dir(spec) / "tokenizer.json"
     if not path.exists():

@@ -1,12 +1,13 @@
-"""LLM candidate generators behind one small interface, and answer parsing.
+"""LLM chat backends behind one small interface (`Chat`), the answer cache, answer parsing.
 
-A generator turns chat messages into `n` completions (`Completion`: text plus token and
-cost accounting). `OpenAIGenerator` talks to any OpenAI-compatible chat endpoint (hosted,
-or a local vLLM / Ollama / llama.cpp server) through the `openai` client. It retries
-transient failures (connection resets, 429, 5xx) with exponential backoff, turns permanent
-ones (unreachable host, bad key, unknown model) into one-line errors, and caches every
-answer on disk keyed by (model, messages, temperature, seed, index), so a resumed run
-never pays twice for the same prompt.
+A chat backend turns chat messages into `n` completions (`Completion`: text plus token and
+cost accounting); the LLM candidate generator (generator_llm.py) asks one for answers.
+`OpenAIChat` talks to any OpenAI-compatible chat endpoint (hosted, or a local vLLM /
+Ollama / llama.cpp server) through the `openai` client (chat_hf.py: a local model). It
+retries transient failures (connection resets, 429, 5xx) with exponential backoff, turns
+permanent ones (unreachable host, bad key, unknown model) into one-line errors, and caches
+every answer on disk keyed by (model, messages, temperature, seed, index), so a resumed
+run never pays twice for the same prompt.
 """
 
 from __future__ import annotations
@@ -32,14 +33,7 @@ class Completion:
     cached: bool = False
 
 
-class Generator(Protocol):
-    name: str
-
-    def complete(self, messages: list[dict], n: int, *, temperature: float,
-                 seed: int) -> list[Completion]: ...
-
-
-_CODE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
+_CODE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 
 
 def extract(text: str) -> tuple[str, str] | None:
@@ -62,6 +56,17 @@ class Usage:
     cost_usd: float = 0.0
 
 
+class Chat(Protocol):
+    """Chat messages in, `n` seeded completions out; usage is counted as it goes."""
+
+    name: str  # the generator's name: "openai", "hf"
+    label: str  # e.g. "openai, model gpt-4o-mini" (the discovered file's header)
+    usage: Usage
+
+    def complete(self, messages: list[dict], n: int, *, temperature: float,
+                 seed: int) -> list[Completion]: ...
+
+
 def cached(cache_dir, key: str, usage: Usage, produce) -> Completion:
     """The answer stored under `key` in cache_dir, or produce() it and store it atomically."""
     path = Path(cache_dir) / f"{key}.json" if cache_dir else None
@@ -78,7 +83,7 @@ def cached(cache_dir, key: str, usage: Usage, produce) -> Completion:
 
 
 @dataclass
-class OpenAIGenerator:
+class OpenAIChat:
     """Chat completions from an OpenAI-compatible endpoint, with retries and a disk cache.
 
     base_url/model/api_key default to $OPENAI_BASE_URL / $MQBENCH_LLM_MODEL / $OPENAI_API_KEY.
@@ -97,13 +102,17 @@ class OpenAIGenerator:
     usage: Usage = field(default_factory=Usage)
     name: str = "openai"
 
+    @property
+    def label(self) -> str:
+        return f"openai, model {self.model}"
+
     def __post_init__(self):
         self.model = self.model or os.environ.get("MQBENCH_LLM_MODEL", "")
         self.base_url = self.base_url or os.environ.get("OPENAI_BASE_URL", "")
         self.api_key = self.api_key or os.environ.get("OPENAI_API_KEY", "") or "none"
         if not self.model:
             raise MqbenchError("no LLM model given: pass --model or set MQBENCH_LLM_MODEL")
-        import openai
+        import openai  # lazy: optional and heavy, needed only by this generator
 
         # Retries are ours (counted, tested); the client's own would hide them.
         self._client = openai.OpenAI(base_url=self.base_url or None, api_key=self.api_key,
@@ -122,7 +131,7 @@ class OpenAIGenerator:
                       lambda: self._request(messages, temperature, seed + i))
 
     def _request(self, messages, temperature, seed) -> Completion:
-        import openai
+        import openai  # lazy: optional and heavy, needed only by this generator
 
         where = self.base_url or "api.openai.com"
         for attempt in range(self.max_retries + 1):

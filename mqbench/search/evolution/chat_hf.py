@@ -1,10 +1,10 @@
-"""A local Hugging Face causal LM as a proxy generator (`mqbench discover --generator hf`).
+"""A local Hugging Face causal LM as a chat backend (`mqbench discover --generator hf`).
 
 The model and tokenizer are read from a directory on disk only (never the hub), optionally
 with a LoRA adapter (peft) that generator_dpo.py trains. Sampling is seeded per completion
 inside `torch.random.fork_rng`, so the global RNG is untouched; tokens are counted (cost 0).
 A GPU is used when present, else the CPU.
-Answers are cached on disk like OpenAIGenerator's, keyed also by the adapter's content hash,
+Answers are cached on disk like OpenAIChat's, keyed also by the adapter's content hash,
 so a fine-tuned generator never replays the answers of the one before it.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mqbench.errors import MqbenchError
-from mqbench.search.evolution.generators import Completion, Usage, cached
+from mqbench.search.evolution.chat import Completion, Usage, cached
 
 INSTALL_HINT = "pip install -e '.[discover-hf]'"
 
@@ -76,7 +76,7 @@ def adapter_version(adapter: str | os.PathLike | None) -> str:
 
 def require_peft():
     try:
-        import peft
+        import peft  # lazy: optional (pip install -e '.[discover-hf]')
     except ImportError:
         raise MqbenchError(f"LoRA adapters need peft (and DPO fine-tuning needs trl): "
                            f"{INSTALL_HINT}") from None
@@ -97,6 +97,7 @@ def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None 
         raise MqbenchError(f"no local model at {str(model_path)!r}: {how}")
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise MqbenchError(f"no LoRA adapter at {adapter} (adapter_config.json missing)")
+    # lazy: transformers is heavy and optional (the hf generator only)
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -128,7 +129,7 @@ def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None 
 
 
 @dataclass
-class HFGenerator:
+class HFChat:
     """Seeded sampling from a local causal LM (+ optional LoRA adapter), with a disk cache.
 
     Completion i of a request uses seed `seed + i`, so answers do not depend on `n` or on
@@ -141,6 +142,10 @@ class HFGenerator:
     max_new_tokens: int = 512
     usage: Usage = field(default_factory=Usage)
     name: str = "hf"
+
+    @property
+    def label(self) -> str:
+        return f"hf, model {self.model_path}"
 
     def __post_init__(self):
         self.use_adapter(self.adapter)

@@ -1,0 +1,126 @@
+"""Argument groups shared by several commands, and the parsers of compound values.
+
+Every command names tasks the same way (`--task`, repeatable, comma lists accepted); the
+sandbox limits, `--bootstrap`, `--data-dir` and `--quiet` are defined once here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+from mqbench.errors import MqbenchError
+from mqbench.task.spec import DEFAULT_TASK, Task, load_task
+
+
+def add_tasks(p: argparse.ArgumentParser, default: str = f"the bundled task, {DEFAULT_TASK}",
+              what: str = "task") -> None:
+    p.add_argument("--task", action="append", metavar="TASK",
+                   help=f"{what}: a name or a path to a task .toml; repeat or give a comma list "
+                   f"for several (default: {default})")
+
+
+def split_names(values: list[str] | None) -> list[str]:
+    """Names from a repeated option whose values may be comma lists, in order, deduplicated."""
+    names: list[str] = []
+    for value in values or []:
+        for part in value.split(","):
+            part = part.strip()
+            if part and part not in names:
+                names.append(part)
+    return names
+
+
+def task_names(args, default: tuple[str, ...] = (DEFAULT_TASK,)) -> list[str]:
+    """The tasks named by --task (repeated and/or comma-separated), else `default`."""
+    return split_names(args.task) or list(default)
+
+
+def tasks(args, default: tuple[str, ...] = (DEFAULT_TASK,)) -> list[Task]:
+    """The named tasks, loaded (a misspelt one fails before any work starts)."""
+    return [load_task(n) for n in task_names(args, default)]
+
+
+def one_task(args, command: str, default: str = DEFAULT_TASK) -> Task:
+    names = task_names(args, (default,))
+    if len(names) != 1:
+        raise MqbenchError(f"`mqbench {command}` works on one task; got {', '.join(names)}")
+    return load_task(names[0])
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="dataset folder (also $MQBENCH_DATA)")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"need a finite number > 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"need an integer >= 1, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"need an integer >= 0, got {text!r}")
+    return value
+
+
+def add_limits(p: argparse.ArgumentParser) -> None:
+    """The sandbox limits of one proxy call."""
+    p.add_argument("--timeout", type=positive_float, default=120.0,
+                   help="seconds allowed per proxy call (default 120)")
+    p.add_argument("--mem-mb", type=positive_int, default=4096,
+                   help="memory allowed to the proxy in MiB (default 4096)")
+
+
+def add_bootstrap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", type=nonnegative_int, default=1000,
+                   help="bootstrap resamples for the confidence intervals (default 1000; "
+                   "0: no intervals)")
+
+
+def shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n such as 0/4, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"shard {text!r}: need n >= 1 and 0 <= i < n")
+    return i, n
+
+
+def parse_bits(text: str) -> dict[str, int]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, sep, bits = part.partition("=")
+        if not sep or not bits.strip().isdigit():
+            raise MqbenchError(f"--bits: expected NAME=BITS[,NAME=BITS...], got {part!r}")
+        out[name.strip()] = int(bits)
+    return out
+
+
+def apply_data_dir(args) -> None:
+    if getattr(args, "data_dir", None):
+        os.environ["MQBENCH_DATA"] = args.data_dir

@@ -1,0 +1,98 @@
+"""`mqbench proxies`, `eval`, `submit-check`: listing, scoring and checking proxies."""
+
+from __future__ import annotations
+
+from mqbench.board.store import save_record
+from mqbench.board.submit import DEFAULT_TASKS, SubmitOptions, check_submission
+from mqbench.cli import args as A
+from mqbench.proxy.contract import get_proxy, list_proxies
+from mqbench.scoring.harness import EvalOptions, evaluate_proxy
+from mqbench.scoring.metrics import format_result
+
+
+def cmd_proxies(args) -> None:
+    for name, p in list_proxies().items():
+        print(f"{name:16s} v{p.version}  {p.kind:9s}  {p.paper}")
+
+
+def print_saved(saved) -> None:
+    if saved.db_note:
+        print(f"  leaderboard database {saved.db_note} (rebuilt from the record files)")
+    if saved.status == "unchanged":
+        print(f"  unchanged: {saved.path} already holds a run of this proxy, task and package "
+              f"version; kept it (--replace overwrites)")
+    elif saved.status == "replaced":
+        why = ", ".join(saved.changed) or "--replace"
+        print(f"  replaced {saved.path} ({why} changed)")
+    else:
+        print(f"  recorded in {saved.path} (new)")
+
+
+def cmd_eval(args) -> None:
+    p = get_proxy(args.proxy)
+    opts = EvalOptions(bootstrap=args.bootstrap, timeout=args.timeout, mem_mb=args.mem_mb,
+                       progress=not args.quiet)
+    for task in A.tasks(args):
+        rec = evaluate_proxy(p, task, opts)
+        print(format_result(rec))
+        if not args.no_record:
+            print_saved(save_record(rec, force=args.replace))
+
+
+def cmd_submit_check(args) -> int:
+    A.tasks(args, DEFAULT_TASKS)  # a misspelt task fails before the summary starts
+    opts = SubmitOptions(tasks=tuple(A.task_names(args, DEFAULT_TASKS)), timeout=args.timeout,
+                         mem_mb=args.mem_mb, bootstrap=args.bootstrap,
+                         record=not args.no_record, progress=not args.quiet)
+    print(f"submit-check {args.proxy} on {', '.join(opts.tasks)}")
+    ok, _ = check_submission(args.proxy, opts, report=lambda c: print(
+        f"  {'PASS' if c.ok else 'FAIL'}  {c.name:11s} {c.detail}", flush=True))
+    if ok:
+        print("passed: add the proxy file and the record files above to your pull request")
+        return 0
+    print("failed: fix the FAIL above and run again; nothing was recorded")
+    return 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("proxies", help="list the registered proxies",
+                       description="List the proxies found in proxies/ and $MQBENCH_PROXIES.")
+    p.set_defaults(func=cmd_proxies)
+
+    p = sub.add_parser("eval", help="score a proxy against tasks' ground-truth tables",
+                       description="Load a proxy (file path or registered name), run it "
+                       "isolated on each task's cached statistics, and report Spearman, "
+                       "Kendall, Spearman@top-k, layer-level Spearman and the accuracy of its "
+                       "ILP bit allocations. Builds the task's table on first use. Results are "
+                       "recorded under leaderboard/records/ unless --no-record.",
+                       epilog="example: mqbench eval --proxy proxies/tap_best.py "
+                       "--task fmnist-resnet8,fmnist-vit")
+    p.add_argument("--proxy", required=True, help="proxy file (proxies/NAME.py) or name")
+    A.add_tasks(p)
+    A.add_bootstrap(p)
+    A.add_limits(p)
+    p.add_argument("--no-record", action="store_true", help="do not write to the leaderboard")
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite the stored record even if proxy, task and package versions "
+                   "are unchanged (by default such a re-run keeps the stored record)")
+    A.add_data_dir(p)
+    A.add_quiet(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("submit-check", help="validate a new proxy file before a pull request",
+                       description="Check a proxy file as CI does: contract (one @proxy, "
+                       "name not taken by another file), conformance suite, isolated run "
+                       "(no network, no writes outside a scratch directory, time and memory "
+                       "limits) and scoring on each task; writes its record files only if "
+                       "everything passed. Exit code 0 = passed, 1 = a check failed, 2 = bad "
+                       "input.",
+                       epilog="example: mqbench submit-check proxies/my_proxy.py "
+                       "--task digits-resnet8 --no-record")
+    p.add_argument("proxy", help="the proxy file, e.g. proxies/my_proxy.py")
+    A.add_tasks(p, default=", ".join(DEFAULT_TASKS))
+    A.add_limits(p)
+    A.add_bootstrap(p)
+    p.add_argument("--no-record", action="store_true", help="check only; write no records")
+    A.add_data_dir(p)
+    A.add_quiet(p)
+    p.set_defaults(func=cmd_submit_check)
