@@ -13,7 +13,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "mqbench"
 # Lower layers first; a module may import only its own layer or layers before it.
 LAYERS = ["errors", "paths", "provenance", "task", "quant", "truth", "proxy", "scoring", "board",
-          "search", "api", "cli", "__init__", "__main__"]
+          "search", "api", "cli", "testing", "__init__", "__main__"]
 
 
 def _modules() -> dict[str, Path]:

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_task
 from torch import nn
 
-from mqbench.truth.bench import open_bench
-from mqbench.proxy.conformance import check_proxy, default_configs
 from mqbench.errors import MqbenchError
-from mqbench.proxy.contract import Proxy, damage_matrix, list_proxies
+from mqbench.proxy.conformance import check_proxy, default_configs
 from mqbench.proxy.context import Stats, hessian_top_eig, hessian_trace
+from mqbench.proxy.contract import Proxy, damage_matrix, list_proxies
 from mqbench.task.spec import load_task
+from mqbench.testing import write_task
+from mqbench.truth.bench import open_bench
 
 PROXIES = list_proxies()
 BITS = (2, 4, 8)

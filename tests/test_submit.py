@@ -9,11 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import write_task
 
+from mqbench.board.submit import SubmitOptions, check_submission
 from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
-from mqbench.board.submit import SubmitOptions, check_submission
+from mqbench.testing import write_task
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = '''"""Weight norm times Hessian trace."""

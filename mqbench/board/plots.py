@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
@@ -37,7 +38,7 @@ import matplotlib.pyplot as plt
 from PIL import Image
 
 from mqbench.board import report as R
-from mqbench.board.page import NOT_RANKED, role
+from mqbench.board.render import RANKED_ROLES
 from mqbench.quant.space import BitConfig
 from mqbench.scoring.metrics import METRICS
 from mqbench.scoring.record import Record
@@ -86,21 +87,36 @@ def _quality(table, rows) -> tuple[np.ndarray, str]:
     return rows.acc.to_numpy(), "top-1 accuracy"
 
 
-def _ranking(task: str, records: list[Record]) -> tuple[list[str], dict[str, str], tuple]:
-    """Proxies in the correlation report's order, each one's role, and the best floor row
-    as (name, ρs) or ()."""
-    by_name = {r.proxy: r for r in records}
+@dataclass(frozen=True)
+class _Ranking:
+    """What the correlation report says about a task's records."""
+
+    order: list[str]  # row names, in the report's (ranked) order
+    roles: dict[str, str]  # name -> role (a ranked role wins over a reference row's)
+    in_sample: set[str]  # searched or tuned on this task: never among the top
+    floor: tuple  # (name, ρs) of the best floor row, or ()
+
+    def top(self, k: int, ok=lambda name: True) -> list[str]:
+        """The first k ranked, out-of-sample, non-baseline proxies passing `ok`."""
+        return [n for n in self.order if self.roles[n] == "proxy" and n not in self.in_sample
+                and ok(n)][:k]
+
+
+def _ranking(task: str, records: list[Record]) -> _Ranking:
     rows = R.correlation_report(task, records).rows
-    roles = {row["proxy"]: role(row, by_name.get(row["proxy"])) for row in rows}
-    floors = [row for row in rows if roles[row["proxy"]] == "floor"
+    order, roles = [], {}
+    for row in rows:
+        name, r = row["proxy"], row.get("role") or "proxy"
+        if name not in roles:
+            order.append(name)
+        if roles.get(name) not in RANKED_ROLES:  # a proxy's own row wins over a namesake
+            roles[name] = r
+    floors = [row for row in rows if row.get("role") == "floor"
               and math.isfinite(row.get(R.RANK_BY, math.nan))]
-    best = max(floors, key=lambda row: row[R.RANK_BY], default=None)
-    return ([row["proxy"] for row in rows], roles,
-            (best["proxy"], best[R.RANK_BY]) if best else ())
-
-
-def _top(order: list[str], roles: dict[str, str], k: int, ok=lambda name: True) -> list[str]:
-    return [n for n in order if roles[n] == "proxy" and ok(n)][:k]
+    best = next((row for row in floors if row.get("best_floor")), None) or \
+        max(floors, key=lambda row: row[R.RANK_BY], default=None)
+    return _Ranking(order, roles, {row["proxy"] for row in rows if row.get("in_sample")},
+                    (best["proxy"], best[R.RANK_BY]) if best else ())
 
 
 @_styled
@@ -109,12 +125,13 @@ def scatter_png(task: str, records: list[Record], table, path) -> None:
     truth = _truth(table)
     y_all, ylabel = _quality(table, truth)
     y = pd.Series(y_all, index=truth.index)
-    order, roles, floor = _ranking(task, records)
+    rank = _ranking(task, records)
+    roles, floor = rank.roles, rank.floor
     by_name = {r.proxy: r for r in records}
-    recs = [by_name[n] for n in order if n in by_name and by_name[n].scores]
+    recs = [by_name[n] for n in rank.order if n in by_name and by_name[n].scores]
     cols = 5
     nrows = max(1, math.ceil(len(recs) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 1.9 * nrows + 0.3),
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.0 * cols, 1.75 * nrows + 0.3),
                              sharey=True, squeeze=False)
     for ax in axes.flat[len(recs):]:
         ax.axis("off")
@@ -127,8 +144,8 @@ def scatter_png(task: str, records: list[Record], table, path) -> None:
                    color=DARK if ref else "#1f77b4")
         rho = r.metrics.get(R.RANK_BY)
         title = r.proxy if rho is None else f"{r.proxy}  ρs={rho:.2f}"
-        if roles[r.proxy] != "proxy":
-            title += f" ({roles[r.proxy]})"
+        if roles[r.proxy] != "proxy" or r.proxy in rank.in_sample:
+            title += " (in-sample)" if r.proxy in rank.in_sample else f" ({roles[r.proxy]})"
         elif floor and rho is not None:
             title += f"\nΔ best floor {rho - floor[1]:+.2f}"
         ax.set_title(title, fontsize=7)
@@ -171,7 +188,7 @@ def pareto_png(task: str, records: list[Record], table, path) -> None:
     fx, fy = pareto_front(kb, sign * q)
     ax.step(fx, sign * fy, where="post", color="black", linewidth=1.2,
             label="table Pareto front")
-    order, roles, _ = _ranking(task, records)
+    rank = _ranking(task, records)
     by_name = {r.proxy: r for r in records}
 
     def points(name):
@@ -179,8 +196,8 @@ def pareto_png(task: str, records: list[Record], table, path) -> None:
                for d in by_name[name].downstream if d.metric == "size"]
         return tuple(zip(*pts)) if pts else None
 
-    named = [n for n in order if n in by_name]
-    top = _top(named, roles, TOP, lambda n: points(n) is not None)
+    named = [n for n in rank.order if n in by_name]
+    top = rank.top(TOP, lambda n: n in by_name and points(n) is not None)
     groups = {"other proxies": ("o", DARK, 10), "baselines": ("s", "none", 22),
               "floors": ("v", "none", 22)}
     seen = set()
@@ -188,7 +205,8 @@ def pareto_png(task: str, records: list[Record], table, path) -> None:
         pts = points(name)
         if pts is None or name in top:
             continue
-        group = {"baseline": "baselines", "proxy": "other proxies"}.get(roles[name], "floors")
+        group = {"baseline": "baselines", "proxy": "other proxies"}.get(rank.roles[name],
+                                                                        "floors")
         marker, face, size = groups[group]
         ax.scatter(*pts, s=size, marker=marker, facecolors=face, linewidths=0.8,
                    edgecolors=DARK, zorder=2, label=None if group in seen else group)
@@ -268,25 +286,22 @@ def _short(units: list[str]) -> list[str]:
 def sensitivity_png(task: str, records: list[Record], table, path) -> None:
     """Units x bit-widths: measured single-unit loss increase vs the top proxies' damage."""
     units, bits, measured = measured_damage(table)
-    order, roles, floor = _ranking(task, records)
+    rank = _ranking(task, records)
     by_name = {r.proxy: r for r in records}
     damage = {}
-    for name in order:
+    for name in rank.order:
         r = by_name.get(name)
         if r is not None and r.scores and r.proxy_kind in ("layer", "layer_bit"):
             d = additive_damage(r.scores, bits)
             if d is not None and d.shape[0] == len(units):
                 damage[name] = d
-    picks = _top(order, roles, TOP_HEATMAP, lambda n: n in damage)
-    if floor and floor[0] in damage:
-        picks.append(floor[0])
+    picks = rank.top(TOP_HEATMAP, lambda n: n in damage)
     label = METRICS["layer_spearman"].label
     panels = [("measured\nΔCE vs float", measured)]
     for name in picks:
         rho = by_name[name].metrics.get("layer_spearman")
         extra = f"\n{label}={rho:.2f}" if rho is not None else ""
-        tag = " (floor)" if roles[name] in NOT_RANKED else ""
-        panels.append((f"{name}{tag}{extra}", damage[name]))
+        panels.append((f"{name}{extra}", damage[name]))
     fig, axes = plt.subplots(1, len(panels), squeeze=False, layout="constrained",
                              figsize=(1.9 + 1.1 * len(panels), 1.7 + 0.16 * len(units)))
     lo = -4  # colour floor: 10^-4 of the panel's largest value

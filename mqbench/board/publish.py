@@ -2,9 +2,13 @@
 
 From the committed record files (via the DuckDB index, rebuilt first) it writes:
 
-* `leaderboard/tables/<task>_{correlation,downstream}.{md,csv,tex}`;
-* `leaderboard/site/index.html` and the plots `leaderboard/site/<task>_{scatter,pareto}.png`;
-* README.md's section between the leaderboard markers;
+* `leaderboard/tables/<task>_<kind>.{md,csv,tex}` for every kind of mqbench.board.report's
+  TABLES (correlation, verdict, rules, downstream) and `leaderboard/tables/cross_task.*`;
+* `leaderboard/site/index.html` and the plots `leaderboard/site/<task>_<plot>.png`;
+* README.md's section between the leaderboard markers: what the leaderboard concludes (a
+  paragraph written from the verdicts, whatever they say), how to read it, the cross-task
+  ranking, and per task which proxies are significantly above the best floor, with the
+  noise ceiling beside them, and the verdict table;
 * the metric list of `leaderboard/SCHEMA.md` (between the metrics markers), from the metrics
   registry (mqbench.scoring.metrics).
 
@@ -25,6 +29,7 @@ from mqbench.board import report as R
 from mqbench.board.store import rebuild_db
 from mqbench.errors import MqbenchError
 from mqbench.paths import leaderboard_dir, readme_path
+from mqbench.scoring import verdicts as V
 from mqbench.scoring.metrics import metrics_markdown
 from mqbench.scoring.record import Record
 from mqbench.task.spec import load_task
@@ -62,16 +67,199 @@ def _write(path: Path, text: str | None = None, data: bytes | None = None) -> Pa
     return path
 
 
+CROSS = "cross_task"  # leaderboard/tables/cross_task.* and the page's section id
+
+
+def _names(names: list[str], limit: int = 40) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit
+                                       else "") if names else "none"
+
+
+def _delta(s: V.Stat) -> str:
+    return f"{s.delta:+.3f} [{s.delta_lo:+.3f}, {s.delta_hi:+.3f}]"
+
+
+def task_summary(v: V.TaskVerdict) -> str:
+    """Per task, in words: which proxies are above the best floor, which are not, the noise
+    ceiling beside them, the usable configurations and the oracles."""
+    c = v.comparisons[("all", V.HEADLINE)]
+    u = v.comparisons[("usable", V.HEADLINE)]
+    ranked = [e for e in v.entries if e.ranked]
+    by = {k: sorted((e.name for e in ranked if c.stats[e.name].verdict == k),
+                    key=lambda n: (-c.stats[n].value, n)) for k in ("above", "at floor", "below")}
+    floor = f"{c.best_floor}, ρs@100% {c.stats[c.best_floor].value:.3f}"
+    parts = [f"**Above the best floor** ({floor}): "
+             + (", ".join(f"{n} ({_delta(c.stats[n])})" for n in by["above"]) or "none") + ".",
+             f"**Not distinguishable from it:** {_names(by['at floor'])}.",
+             f"**Below it:** {_names(by['below'])}."]
+    inside = [e for e in v.entries if e.in_sample]
+    if inside:
+        parts.append("In-sample, not ranked: " + ", ".join(
+            f"{e.name} ({_delta(c.stats[e.name])})" for e in inside) + ".")
+    near = [e.name for e in ranked if c.stats[e.name].at_ceiling]
+    parts.append(f"Noise ceiling {c.ceiling:.3f} (calibration-seed repeat of {c.ceiling_n} "
+                 f"configurations; test-sample noise not included); "
+                 + (f"within noise of it: {_names(near)}." if near
+                    else "no proxy's interval reaches it."))
+    above_u = [n for n in v.above("usable", V.HEADLINE)]
+    parts.append(f"On the {u.n} usable configurations ({v.usable_rule}) the best floor is "
+                 f"{u.best_floor} ({u.stats[u.best_floor].value:.3f}); above it: "
+                 f"{_names(above_u)}.")
+    oracles = [f"{n.removeprefix('oracle_')} {c.stats[n].value:.3f}" for n in
+               ("oracle_layer", "oracle_curvature", "oracle_additive") if n in c.stats]
+    if oracles:
+        parts.append("Oracles (the table's single-layer measurements as the proxy): "
+                     + ", ".join(oracles) + ".")
+    return " ".join(parts)
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x == x]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def conclusion(verdicts: list[V.TaskVerdict], cross: V.CrossTask | None) -> str:
+    """What the leaderboard concludes, written from the verdicts (whatever they say)."""
+    n = len(verdicts)
+    floors = ", ".join(f"{c.stats[c.best_floor].value:.3f} ({v.task}, {c.best_floor})"
+                       for v in verdicts for c in [v.comparisons[("all", V.HEADLINE)]])
+    out = [f"A configuration score built from no per-layer sensitivity at all is a strong "
+           f"baseline here: the best structural floor reaches ρs@100% {floors}."]
+    if cross is not None:
+        every = sorted((p for p, (k, m) in cross.beats.items() if k == m == n),
+                       key=lambda p: cross.mean_rank.get(p, (99,))[0])
+        some = sorted((p for p, (k, m) in cross.beats.items() if 0 < k and p not in every),
+                      key=lambda p: (-cross.beats[p][0], p))
+        never = [p for p, (k, m) in cross.beats.items() if k == 0]
+        out.append(f"Significantly above it on all {n} tasks (paired bootstrap, Holm): "
+                   f"{_names(every)}; on some tasks: "
+                   + (", ".join(f"{p} ({cross.beats[p][0]} of {cross.beats[p][1]})"
+                                for p in some) or "none")
+                   + f"; never: {len(never)} of {len(cross.beats)} proxies.")
+    leads = []
+    for v in verdicts:
+        c = v.comparisons[("all", V.HEADLINE)]
+        if c.best is not None:
+            leads.append(f"{c.stats[c.best].delta:+.3f} ({v.task}, {c.best})")
+    out.append("The best ranked proxy's lead over the best floor: " + ", ".join(leads) + ".")
+    gains, above_bit, tops = [], set(), []
+    for v in verdicts:
+        c = v.comparisons[("all", V.HEADLINE)]
+        bit = [e for e in v.entries if e.kind == "layer_bit" and e.name in v.rules]
+        above_bit |= {e.name for e in bit if c.stats[e.name].verdict == "above"}
+        moved = {e.name: v.rules[e.name]["perturbation"] for e in bit}
+        gains.append(_mean([moved[n] - v.rules[n]["own"] for n in moved]))
+        if moved:
+            top = max(moved, key=lambda n: (moved[n], n))
+            tops.append(f"{top} {moved[top]:.3f} on {v.task}")
+    if any(g == g for g in gains):
+        own = (f"are above the best floor under their own rule for {_names(sorted(above_bit))}"
+               if above_bit else "are never above the best floor under their own rule")
+        rise = all(g > 0 for g in gains if g == g)
+        out.append(f"Layer_bit proxies (the EMQ family, OMPQ, bops, bparams) {own}. Scored "
+                   f"with the same sensitivity under the perturbation-weighted rule their "
+                   f"ρs@100% changes by " + ", ".join(f"{g:+.3f}" for g in gains)
+                   + " on average per task (best: " + "; ".join(tops) + ")"
+                   + (", so comparing the two kinds mostly compares aggregation rules "
+                      "(each task's rules table)." if rise else " (each task's rules table)."))
+    exact = []
+    for v in verdicts:
+        c = v.comparisons[("all", V.HEADLINE)]
+        if "oracle_layer" in c.stats:
+            o = c.stats["oracle_layer"]
+            exact.append(f"{o.value:.3f} on {v.task} ({o.delta:+.3f} vs the best floor)")
+    if exact:
+        out.append("A proxy that orders the layers exactly as measured (ρ_sens = 1: the "
+                   "table's unit-alone loss increase as s_l, `oracle_layer`) reaches "
+                   + "; ".join(exact) + " under the headline rule, so ρ_sens and ρs@100% "
+                   "reward different things.")
+    usable = []
+    for v in verdicts:
+        u = v.comparisons[("usable", V.HEADLINE)]
+        usable.append(f"{len(v.above('usable', V.HEADLINE))} of "
+                      f"{sum(e.ranked for e in v.entries)} on {v.task} (best floor "
+                      f"{u.best_floor} {u.stats[u.best_floor].value:.3f})")
+    out.append("On the usable configurations only, proxies significantly above the best "
+               "floor: " + "; ".join(usable) + ".")
+    room = []
+    for v in verdicts:
+        c = v.comparisons[("all", V.HEADLINE)]
+        if "oracle_additive" in c.stats and c.best is not None:
+            o = c.stats["oracle_additive"].value
+            room.append(f"{o:.3f} on {v.task} (best proxy {o - c.stats[c.best].value:.3f} "
+                        f"below it; {1 - o:.3f} left to interactions)")
+    if room:
+        out.append("The additive oracle (the table's own single-layer measurements summed) "
+                   "reaches " + "; ".join(room) + ".")
+    for v in verdicts:
+        c = v.comparisons[("all", V.HEADLINE)]
+        for e in v.entries:
+            if not e.in_sample:
+                continue
+            elsewhere = [f"{w.task}: {w.comparisons[('all', V.HEADLINE)].stats[e.name].verdict}"
+                         for w in verdicts if w is not v and any(
+                             x.name == e.name and x.ranked for x in w.entries)]
+            out.append(f"{e.name} leads {v.task} ({c.stats[e.name].value:.3f}), the table it "
+                       f"was searched on; out of sample it is "
+                       + (", ".join(elsewhere) or "not scored") + ".")
+    if cross is not None and cross.kendall_w == cross.kendall_w:
+        word = ("largely agree" if cross.kendall_w >= 0.7 else
+                "partly agree" if cross.kendall_w >= 0.4 else "disagree")
+        out.append(f"The tasks' rankings {word} (Kendall's W = {cross.kendall_w:.2f}).")
+    out.append("Not yet measured: each proxy's variance over calibration batches, and "
+               "test-sample noise in the ceilings (issue 13), so margins of a few "
+               "thousandths should not be read as a ranking.")
+    return " ".join(out)
+
+
+def _protocol(verdicts: list[V.TaskVerdict]) -> str:
+    b = sorted({v.resamples for v in verdicts})
+    return (
+        "Headline: ρs@100% (Spearman over every table configuration) of each proxy's "
+        "configuration scores; layer proxies are scored with the harness's "
+        "perturbation-weighted rule −Σ_l s_l·‖Q_b(W_l) − W_l‖², layer_bit proxies with their "
+        "own damage matrix (both rules for every proxy in each task's rules table). Floors "
+        "(labelled, never ranked): `uniform` (s_l = 1: the rule alone), `count_low_bits` "
+        "(units at the lowest bit-width), `size` (Σ params·bits) and `random` "
+        f"({V.RANDOM_LABEL}: mean and 2.5–97.5% band; the `random` record is one draw); the "
+        "best floor is the one with the highest value of the metric on that task. Δ and "
+        "significance: a paired bootstrap (every proxy and floor scored on the same "
+        f"{'/'.join(map(str, b))} resamples of the configurations), two-sided p-values "
+        f"Holm-adjusted over the task's proxies, α = {V.ALPHA:g}. Bold: the best ranked "
+        "proxy and every proxy not significantly below it. Usable: configurations within 5 "
+        "accuracy points of full precision (language model: perplexity within 5%). Noise "
+        "ceiling: the metric between the table's two calibration seeds on its re-measured "
+        "configurations. † in-sample: searched or tuned on that task (proxies/IN_SAMPLE.toml), "
+        "never counted as best.")
+
+
 def readme_section(tasks: list[str], records: dict[str, list[Record]]) -> str:
+    verdicts = {t: v for t in tasks if (v := R.verdict_of(t, records[t])) is not None}
+    cross = R.cross_task_report(records)
+    ct = V.cross_task(list(verdicts.values())) if len(verdicts) >= 2 else None
     lines = [START, f"<!-- generated by `{COMMAND}` from leaderboard/records/; do not edit -->",
              "", ("Generated from the committed records by `mqbench leaderboard regenerate`. "
-                  "Downstream tables (ILP allocations under size and BOPs budgets), CSV and "
-                  "LaTeX versions are in [`leaderboard/tables/`](leaderboard/tables/); plots "
-                  "and a sortable page in [`leaderboard/site/`](leaderboard/site/index.html)."),
-             ""]
+                  "Per task, the full correlation table (every metric), the aggregation rules "
+                  "and the downstream tables (ILP allocations under size and BOPs budgets), "
+                  "with CSV and LaTeX versions, are in [`leaderboard/tables/`]"
+                  "(leaderboard/tables/); plots and the page in "
+                  "[`leaderboard/site/`](leaderboard/site/index.html)."), ""]
+    if verdicts:
+        lines += [f"**What the leaderboard concludes.** {conclusion(list(verdicts.values()), ct)}",
+                  "", f"**How to read it.** {_protocol(list(verdicts.values()))}", ""]
+    if cross is not None:
+        lines += ["### Across tasks", "", R.to_markdown(cross).rstrip(), ""]
     for task in tasks:
-        lines += [f"### {task}", "", R.render(task, "correlation", "md", records[task]).rstrip(),
-                  "", f"![{task} scatter](leaderboard/site/{task}_scatter.png)", ""]
+        lines += [f"### {task}", ""]
+        if task in verdicts:
+            lines += [task_summary(verdicts[task]), "",
+                      R.render(task, "verdict", "md", records[task]).rstrip(), "",
+                      f"More: [every metric](leaderboard/tables/{task}_correlation.md), "
+                      f"[aggregation rules](leaderboard/tables/{task}_rules.md), "
+                      f"[downstream](leaderboard/tables/{task}_downstream.md).", ""]
+        else:
+            lines += [R.render(task, "correlation", "md", records[task]).rstrip(), ""]
+        lines += [f"![{task} scatter](leaderboard/site/{task}_scatter.png)", ""]
     lines.append(END)
     return "\n".join(lines)
 
@@ -126,6 +314,11 @@ def regenerate(readme: Path | None = README, plots: bool = True) -> list[Path]:
                 written.append(_write(out, data=buf.getvalue()))
                 images.append(out.name)
         sections.append((task, reports, images))
+    cross = R.cross_task_report(records)
+    if cross is not None:
+        for fmt, render in R.RENDERERS.items():
+            written.append(_write(root / "tables" / f"{CROSS}.{fmt}", render(cross)))
+        sections.insert(0, ("across tasks", [(CROSS, cross, R.best_cells(cross))], []))
     note = (f"Generated by `{COMMAND}` from {sum(map(len, records.values()))} records "
             f"in leaderboard/records/.")
     written.append(_write(root / "site" / "index.html", H.page(sections, note, records)))

@@ -121,6 +121,25 @@ def parse_bits(text: str) -> dict[str, int]:
     return out
 
 
-def apply_data_dir(args) -> None:
-    if getattr(args, "data_dir", None):
-        os.environ["MQBENCH_DATA"] = args.data_dir
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"],
+                   help="where configurations are evaluated (also $MQBENCH_DEVICE; "
+                   "default cpu; `cuda:N` through the variable)")
+
+
+def apply_environment(args) -> None:
+    """Flags that stand for environment variables (read deep inside the subpackages)."""
+    for flag, var in (("data_dir", "MQBENCH_DATA"), ("device", "MQBENCH_DEVICE"),
+                      ("output", "MQBENCH_LEADERBOARD")):
+        if getattr(args, flag, None):
+            os.environ[var] = str(getattr(args, flag))
+
+
+ENVIRONMENT = """environment:
+  MQBENCH_CACHE        cache of tables, weights, statistics (default ~/.cache/mqbench)
+  MQBENCH_TASKS        extra folders of task .toml files (os.pathsep-separated)
+  MQBENCH_PROXIES      extra folders of proxy files
+  MQBENCH_LEADERBOARD  leaderboard folder: records, index, tables (default ./leaderboard)
+  MQBENCH_DATA         dataset folder (as --data-dir)
+  MQBENCH_DEVICE       cpu | cuda | cuda:N | auto (as --device)
+  MQBENCH_PYDOCS       folder of the Python docs corpus (default Debian's python3.11-doc)"""

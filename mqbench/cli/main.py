@@ -7,6 +7,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mqbench.cli import args as A
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mqbench",
         description="Benchmark training-free mixed-precision quantization proxies against "
                     "ground-truth tables of quantized models.",
-        epilog="example: mqbench eval --proxy proxies/tap_best.py")
+        epilog="example: mqbench eval --proxy proxies/tap_best.py\n\n" + A.ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mqbench {PACKAGE_VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
@@ -50,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
-        A.apply_data_dir(args)
+        A.apply_environment(args)
         code = args.func(args)
+    except BrokenPipeError:  # `mqbench ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except MqbenchError as exc:
         print(f"mqbench: error: {exc}", file=sys.stderr)
         return 2

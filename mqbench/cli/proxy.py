@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from mqbench.board.store import save_record
 from mqbench.board.submit import DEFAULT_TASKS, SubmitOptions, check_submission
 from mqbench.cli import args as A
@@ -31,12 +33,16 @@ def print_saved(saved) -> None:
 def cmd_eval(args) -> None:
     p = get_proxy(args.proxy)
     opts = EvalOptions(bootstrap=args.bootstrap, timeout=args.timeout, mem_mb=args.mem_mb,
-                       progress=not args.quiet)
+                       progress=not args.quiet, downstream=not args.no_downstream)
     for task in A.tasks(args):
         rec = evaluate_proxy(p, task, opts)
+        saved = None if args.no_record else save_record(rec, force=args.replace)
+        if args.json:  # machine-readable: the result record, one JSON document per line
+            print(json.dumps(rec.to_dict(), sort_keys=True))
+            continue
         print(format_result(rec))
-        if not args.no_record:
-            print_saved(save_record(rec, force=args.replace))
+        if saved:
+            print_saved(saved)
 
 
 def cmd_submit_check(args) -> int:
@@ -72,9 +78,17 @@ def register(sub) -> None:
     A.add_bootstrap(p)
     A.add_limits(p)
     p.add_argument("--no-record", action="store_true", help="do not write to the leaderboard")
+    p.add_argument("--output", metavar="DIR",
+                   help="leaderboard folder to record into (default leaderboard/, or "
+                   "$MQBENCH_LEADERBOARD)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result record as JSON (one line per task) instead of text")
+    p.add_argument("--no-downstream", action="store_true",
+                   help="skip the ILP allocations (correlations only; faster)")
     p.add_argument("--replace", action="store_true",
                    help="overwrite the stored record even if proxy, task and package versions "
                    "are unchanged (by default such a re-run keeps the stored record)")
+    A.add_device(p)
     A.add_data_dir(p)
     A.add_quiet(p)
     p.set_defaults(func=cmd_eval)

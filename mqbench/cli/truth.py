@@ -42,7 +42,7 @@ def summary(table: Table) -> None:
         print(f"  full precision: acc {fp.acc.iloc[0]:.4f}  loss {fp.loss.iloc[0]:.4f}{ppl}")
     for r in table.kind("uniform").itertuples():
         ppl = f"  perplexity {math.exp(r.loss):.2f}" if lm else ""
-        print(f"  uniform {r.key:40.40s} acc {r.acc:.4f}  kl {r.kl:.4f}{ppl}")
+        print(f"  uniform {r.key} acc {r.acc:.4f}  kl {r.kl:.4f}{ppl}")
     cfg = table.configs()
     print(f"  {len(cfg)} configurations: acc {cfg.acc.min():.4f}..{cfg.acc.max():.4f}, "
           f"avg weight bits {cfg.avg_wbits.min():.2f}..{cfg.avg_wbits.max():.2f}")
@@ -95,6 +95,7 @@ def register(sub) -> None:
                    help="worker processes, one thread each (default: one per CPU core); "
                    "small models evaluate faster side by side than multi-threaded")
     p.add_argument("--force", action="store_true", help="discard an existing table and rebuild")
+    A.add_device(p)
     A.add_quiet(p)
     A.add_data_dir(p)
     p.set_defaults(func=cmd_build)
@@ -115,6 +116,7 @@ def register(sub) -> None:
     g.add_argument("--bits", help="per-unit weight bits, e.g. 'conv1=8,layer1.0.conv1=2'")
     p.add_argument("--cal-seed", type=A.nonnegative_int,
                    help="calibration seed (default: the task seed)")
+    A.add_device(p)
     A.add_data_dir(p)
     A.add_quiet(p)
     p.set_defaults(func=cmd_measure)

@@ -77,7 +77,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import mqbench
 from mqbench.errors import MqbenchError
 from mqbench.paths import cache_dir, leaderboard_dir, task_dirs
 from mqbench.proxy.context import Stats
@@ -446,6 +445,7 @@ def _install_audit_hook(reads: list[str], secrets: list[str], scratch: str,
     and those beneath `secrets` (ground truth, home, /etc) fail the whole call."""
     writable = [os.path.realpath(scratch), "/dev/null"]
     readable = [os.path.realpath(p) for p in reads] + writable
+    own = (0, os.getpid(), -os.getpid())  # its own process (group): after setsid, pid = pgid
 
     def refuse(what: str):
         msg = f"sandbox: {what} is not allowed"
@@ -471,6 +471,8 @@ def _install_audit_hook(reads: list[str], secrets: list[str], scratch: str,
             refuse(f"network access ({event})")
         elif event in _PROCESS_EVENTS:
             refuse(f"starting a process ({event})")
+        elif event in ("os.kill", "os.killpg") and args[0] not in own:
+            refuse(f"sending signal {args[1]} to process {args[0]} (only to itself)")
         elif event == "open":
             path, _, flags = args
             p = real(path)
@@ -500,7 +502,7 @@ def _python_roots() -> list[str]:
     paths = sysconfig.get_paths()
     roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     roots |= set(site.getsitepackages()) | {site.getusersitepackages()}
-    roots.add(str(Path(mqbench.__file__).resolve().parent))  # the package, not the repository
+    roots.add(str(Path(__file__).resolve().parents[1]))  # the mqbench package, not the repo
     roots |= {"/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib"}  # shared libraries
     return sorted(os.path.realpath(r) for r in roots)
 
@@ -737,7 +739,7 @@ class _Ref:
 _WORKER_LAYER = "clean-worker"
 
 
-def _worker_main(fd: int) -> None:
+def worker_main(fd: int) -> None:
     """The worker: PID 1 of its own PID namespace; stores views, forks one child per call.
 
     Every child is confined by itself before running untrusted code; when the worker ends
@@ -844,7 +846,7 @@ class _Worker:
         os.mkdir(self.scratch, 0o700)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         boot = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
-                "from mqbench.proxy.sandbox import _worker_main; _worker_main(int(sys.argv[2]))")
+                "from mqbench.proxy.sandbox import worker_main; worker_main(int(sys.argv[2]))")
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.root,
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         if "LD_LIBRARY_PATH" in os.environ:  # some installs find torch's libraries this way

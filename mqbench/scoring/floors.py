@@ -7,11 +7,13 @@ term alone. These scores say how much, from the table and the task's quantizatio
 * floors (labelled, never ranked as proxies): `uniform` (s_l = 1: the aggregation formula
   alone), `count_low_bits` (minus the number of units at the lowest bit-width), `size`
   (sum params * bits, EMQ's BParams) and `random` (s_l ~ U[0, 1) per module, many seeds);
-* oracles (labelled, not ranked): `oracle_layer` uses the table's own single-layer
-  measurement (cross-entropy increase with the unit alone at the lowest bits) as s_l under
-  the same rule, i.e. the best-informed layer proxy; `oracle_additive` sums the measured
-  single-layer increase at each unit's own bit-width (the best any additive proxy can do).
-  oracle -> best proxy is the room left; oracle -> 1 is interaction between layers;
+* oracles (labelled, not ranked), from the table's own single-layer rows (one unit alone at
+  a bit-width, the rest float; cross-entropy increase ΔCE): `oracle_layer` uses ΔCE at the
+  lowest bits as s_l under the same rule (the proxy with ρ_sens = 1); `oracle_curvature`
+  uses s_l = ΔCE_l / ||Q_low(W_l) - W_l||^2, so that its term at the lowest bits *is* the
+  measurement (a perfect per-layer curvature); `oracle_additive` sums the measured ΔCE at
+  each unit's own bit-width (the best any additive proxy can do). Oracle -> best proxy is
+  the room left to layer proxies; oracle_additive -> 1 is interaction between layers;
 * rules: `perturbation_scores` (the headline rule) and `bit_scores` (EMQ's bit-weighted
   rule sum_l s_l * b_l), so layer and layer_bit proxies can be scored the same way.
 
@@ -40,7 +42,7 @@ USABLE_ACC_DROP = 0.05  # usable: accuracy within 5 points of full precision
 USABLE_PPL_RATIO = 1.05  # LM tasks: perplexity within 5% of full precision
 RANDOM_DRAWS = 200  # seeds of the random floor
 FLOORS = ("uniform", "count_low_bits", "size")  # deterministic floors ("best floor" is one)
-ORACLES = ("oracle_layer", "oracle_additive")
+ORACLES = ("oracle_layer", "oracle_curvature", "oracle_additive")
 IN_SAMPLE_FILE = "IN_SAMPLE.toml"
 
 
@@ -172,6 +174,9 @@ def oracle_scores(data: TaskData) -> dict[str, np.ndarray]:
     out = {}
     if np.all(np.isfinite(data.layer_truth)):
         out["oracle_layer"] = perturbation_scores(data, data.layer_truth)
+        low = data.pert[:, 0]
+        if np.all(low > 0):
+            out["oracle_curvature"] = perturbation_scores(data, data.layer_truth / low)
     if np.all(np.isfinite(data.layer_damage)):
         units = np.arange(len(data.units))
         out["oracle_additive"] = -data.layer_damage[units[None, :], data.idx].sum(axis=1)

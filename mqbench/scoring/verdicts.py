@@ -39,8 +39,10 @@ from mqbench.scoring.record import Record
 from mqbench.task.spec import load_task
 
 ALPHA = 0.05
-RESAMPLES = 1000  # paired bootstrap resamples per task (the records' own count)
+RESAMPLES = 1000  # paired bootstrap resamples per task, at least (the records' own count)
+PER_TEST = 50  # and at least this many per proxy, so Holm's smallest p (2m/(B+1)) is < 0.04
 UNIT_RESAMPLES = 2000  # bootstrap over units for ρ_sens
+RANDOM_LABEL = f"{F.RANDOM_DRAWS} seeds"  # how reports name the random floor's band
 FLOOR_RECORDS = ("random",)  # registered baselines that are floors: shown, never ranked
 HEADLINE = "spearman"  # the metric verdicts and the cross-task view are stated for
 SCOPES = {"all": ("spearman", "kendall", "spearman_top20", "spearman_top50"),
@@ -160,7 +162,8 @@ def task_verdict(task: str, records: list[Record], resamples: int = RESAMPLES) -
     """The verdicts of `task` from its records (memoised per process on their contents)."""
     key = (task, resamples, _fingerprint(records))
     if key not in _CACHE:
-        _CACHE.clear()  # one task at a time is all regenerate needs
+        if len(_CACHE) >= 8:  # a few tasks' worth; regenerate needs one task at a time
+            _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = _compute(task, records, resamples)
     return _CACHE[key]
 
@@ -185,7 +188,8 @@ def _entries(data: F.TaskData, records: list[Record]) -> tuple[list[Entry], dict
                              ones if name == "uniform" else None))
     oracles = F.oracle_scores(data)
     for name, scores in oracles.items():
-        sens = data.layer_truth if name == "oracle_layer" else None
+        sens = {"oracle_layer": data.layer_truth,
+                "oracle_curvature": data.layer_truth / data.pert[:, 0]}.get(name)
         entries.append(Entry(name, "oracle", "oracle", scores, sens))
     return entries, excluded
 
@@ -276,6 +280,7 @@ def _compute(task_name: str, records: list[Record], resamples: int) -> TaskVerdi
         raise MqbenchError(f"no proxy record of {task_name} matches its table; re-run "
                            f"`mqbench eval` on the current table")
     randoms = F.random_scores(data, F.RANDOM_DRAWS, task.seed)
+    resamples = max(resamples, PER_TEST * sum(e.role == "proxy" for e in entries))
     comparisons = {}
     for scope, metrics in SCOPES.items():
         sel = np.ones(data.n, bool) if scope == "all" else data.usable
@@ -338,8 +343,7 @@ class CrossTask:
 BEST_FLOOR = "best floor"
 
 
-def cross_task(verdicts: list[TaskVerdict], metric: str = HEADLINE,
-               resamples: int = RESAMPLES, seed: int = 0) -> CrossTask:
+def cross_task(verdicts: list[TaskVerdict], metric: str = HEADLINE) -> CrossTask:
     """Mean rank across tasks with a bootstrap CI (each task's paired resamples, drawn
     independently per task), Kendall's W between tasks, and "beats the best floor on k of
     n tasks" (Holm-adjusted verdicts). In-sample rows are left out of the ranks."""
@@ -362,7 +366,8 @@ def cross_task(verdicts: list[TaskVerdict], metric: str = HEADLINE,
     names = [*every, BEST_FLOOR]
     values = np.array([[c.stats[n].value if n != BEST_FLOOR else c.stats[c.best_floor].value
                         for n in names] for c in comps])  # [tasks, names]
-    draws = np.stack([np.stack([c.draws[n] if n != BEST_FLOOR else c.draws[c.best_floor]
+    b = min(v.resamples for v in verdicts)  # resample b of every task forms one draw
+    draws = np.stack([np.stack([(c.draws[n] if n != BEST_FLOOR else c.draws[c.best_floor])[:b]
                                 for n in names], axis=1) for c in comps])  # [tasks, B, names]
     ranks = np.vstack([_ranks_desc(row) for row in values])
     boot = np.mean([np.apply_along_axis(_ranks_desc, 1, np.nan_to_num(d, nan=-np.inf))

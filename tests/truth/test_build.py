@@ -9,14 +9,14 @@ import duckdb
 import numpy as np
 import pytest
 
-from conftest import write_task
-from mqbench.truth.bench import open_bench
 from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
-from mqbench.truth.build import build_table, plan
-from mqbench.truth.store import load_table, rows_checksum, table_path
 from mqbench.task.spec import load_task
 from mqbench.task.train import load_or_train, train_model, weights_checksum
+from mqbench.testing import write_task
+from mqbench.truth.bench import open_bench
+from mqbench.truth.build import build_table, plan
+from mqbench.truth.store import load_table, rows_checksum, table_path
 
 
 def _rows(table):

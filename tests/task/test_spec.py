@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mqbench.task import datasets as D
 from mqbench.errors import MqbenchError
-from mqbench.task.models import build_model
 from mqbench.quant.space import build_space
+from mqbench.task import datasets as D
+from mqbench.task.models import build_model
 from mqbench.task.spec import list_tasks, load_task, parse_task
 
-TASK_FILES = sorted((Path(__file__).parent.parent / "tasks").glob("*.toml"))
+TASK_FILES = sorted((Path(__file__).resolve().parents[2] / "tasks").glob("*.toml"))
 # Units per shipped task, counted by hand from the architectures (tied convs join a unit):
 # resnet18 = stem + 16 block convs + fc; resnet50 = stem + 48 bottleneck convs + fc;
 # mobilenet_v2 = 52 convs + classifier; ViT-S/DeiT-S = patch embed + 12 x 4 linears + head;

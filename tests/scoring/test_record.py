@@ -14,9 +14,9 @@ from mqbench.board import store as L
 from mqbench.errors import MqbenchError
 from mqbench.scoring.record import RECORD_SCHEMA, Allocation, Record, Timing, migrate
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # leaderboard/records/fmnist-resnet8/bparams.json as committed in record schema 1
-V1 = Path(__file__).parent / "data" / "record_v1_fmnist-resnet8_bparams.json.gz"
+V1 = Path(__file__).parent.parent / "data" / "record_v1_fmnist-resnet8_bparams.json.gz"
 V2 = REPO / "leaderboard" / "records" / "fmnist-resnet8" / "bparams.json"
 
 

@@ -9,32 +9,21 @@ They use the bundled Fashion-MNIST tasks when the data is installed, else the di
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
 
-from mqbench.scoring import allocate as A
-from mqbench.truth.bench import open_bench
-from mqbench.task.datasets import FMNIST_SYSTEM_DIR
-from mqbench.scoring.harness import config_matrix, config_scores
 from mqbench.quant.space import Space, sample_configs
+from mqbench.scoring import allocate as A
+from mqbench.scoring.harness import config_matrix, config_scores
+from mqbench.task.datasets import FMNIST_SYSTEM_DIR
 from mqbench.task.spec import load_task
+from mqbench.testing import best_of
+from mqbench.truth.bench import open_bench
 
 pytestmark = pytest.mark.benchmark
 FMNIST = (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists()
 TASKS = ["fmnist-resnet8", "fmnist-vit"] if FMNIST else ["digits-resnet8", "digits-vit"]
-
-
-def _best_of(fn, n=5):
-    fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 @pytest.mark.parametrize("task_name", TASKS)
@@ -49,7 +38,7 @@ def test_config_eval_vs_fp_forward(benchmark, task_name):
             for x in ev._batches():
                 fp_model(x.contiguous())
 
-    fp = _best_of(fp_pass)
+    fp = best_of(fp_pass)
     benchmark.pedantic(ev.evaluate, args=(cfg,), rounds=5, warmup_rounds=1)
     ratio = benchmark.stats.stats.min / fp
     benchmark.extra_info.update(fp_forward_s=fp, ratio=ratio)

@@ -23,7 +23,7 @@ from mqbench.task.spec import load_task
 from mqbench.truth.build import build_table
 from mqbench.truth.store import import_shipped, load_table, table_path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OPEN_BENCH = ("import sys; from mqbench.task.spec import load_task; "
               "from mqbench.truth.bench import open_bench; "
               "b = open_bench(load_task('tiny'), progress=False); print(b.weights_manifest['checksum'])")

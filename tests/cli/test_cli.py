@@ -102,3 +102,47 @@ def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "mqbench.cli", "--version"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"mqbench {PACKAGE_VERSION}"
+
+
+def test_eval_json_output_and_no_downstream(tiny_env, tmp_path, capsys):
+    from mqbench.scoring.record import Record
+
+    path = tmp_path / "wn.py"
+    path.write_text('from mqbench.proxy import proxy\n\n@proxy(name="wn", version=1)\n'
+                    'def wn(stats):\n    return [float(stats.weights[m].norm()) '
+                    'for m in stats.modules]\n')
+    out_dir = tmp_path / "elsewhere"
+    assert main(["eval", "--proxy", str(path), "--task", "tiny", "--quiet", "--json",
+                 "--no-downstream", "--bootstrap", "0", "--output", str(out_dir)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    rec = Record.from_json(lines[0])
+    assert rec.proxy == "wn" and rec.downstream == () and -1 <= rec.metrics["spearman"] <= 1
+    stored = Record.from_json((out_dir / "records" / "tiny" / "wn.json").read_text())
+    assert stored.scores == rec.scores
+
+
+def test_closed_pipe_is_not_a_traceback():
+    """`mqbench proxies | head -1`: the reader has gone before mqbench writes (EPIPE)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mqbench.cli", "proxies"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_device_flag_sets_the_evaluation_device(tiny_env, monkeypatch, capsys):
+    monkeypatch.delenv("MQBENCH_DEVICE", raising=False)
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda would be valid")
+    assert main(["measure", "--task", "tiny", "--device", "cuda", "--quiet"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_help_lists_the_environment(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for var in ("MQBENCH_CACHE", "MQBENCH_LEADERBOARD", "MQBENCH_DEVICE", "MQBENCH_TASKS"):
+        assert var in out

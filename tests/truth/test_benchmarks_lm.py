@@ -12,12 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_benchmarks import _best_of
 
-from mqbench.truth.bench import open_bench
-from mqbench.task.text.corpus import PYTHON_DOCS_DIR
 from mqbench.quant.space import sample_configs
 from mqbench.task.spec import load_task
+from mqbench.task.text.corpus import PYTHON_DOCS_DIR
+from mqbench.testing import best_of
+from mqbench.truth.bench import open_bench
 
 pytestmark = [pytest.mark.benchmark,
               pytest.mark.skipif(not PYTHON_DOCS_DIR.is_dir(),
@@ -38,7 +38,7 @@ def test_lm_config_eval_vs_fp_pass(benchmark):
         return nll
 
     ev.evaluate(cfg)  # warm-up; builds the float reference once
-    fp = _best_of(fp_pass)
+    fp = best_of(fp_pass)
     benchmark.pedantic(ev.evaluate, args=(cfg,), rounds=5, warmup_rounds=1)
     ratio = benchmark.stats.stats.min / fp
     benchmark.extra_info.update(fp_pass_s=fp, ratio=ratio)

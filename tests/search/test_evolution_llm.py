@@ -20,24 +20,7 @@ from mqbench.search.evolution.generator_llm import PAIRS, LLMGenerator
 from mqbench.search.evolution.loop import CANDIDATES, CHECKPOINT, DUPLICATE, Settings, run
 from mqbench.search.evolution.scheduler import Scheduler
 from mqbench.task.spec import load_task
-
-GOOD = '''Hessian trace per parameter, as HAWQ-V2.
-```python
-from mqbench.proxy import proxy
-
-@proxy(name="candidate", version=1, kind="layer")
-def candidate(stats):
-    return [float(stats.hessian_trace[i] / stats.params[i]) for i in range(len(stats.modules))]
-```'''
-GOOD2 = GOOD.replace("/ stats.params[i]", "* float(stats.weights[m].abs().mean())").replace(
-    "for i in range(len(stats.modules))", "for i, m in enumerate(stats.modules)")
-NO_CODE = "I think the Hessian matters most, but I will not write code."
-SYNTAX = "Broken:\n```python\ndef candidate(stats:\n```"
-LOOP = GOOD.replace("    return [", "    while True:\n        pass\n    return [")
-WRITER = GOOD.replace("    return [", "    open('/tmp/mqbench_pwned', 'w').write('x')\n    return [")
-SOCKET = GOOD.replace("    return [", "    import socket\n    socket.create_connection(('127.0.0.1', PORT))\n    return [")
-NAN = GOOD.replace("float(stats.hessian_trace[i] / stats.params[i])", "float('nan')")
-ANSWERS = [GOOD, NO_CODE, SYNTAX, LOOP, WRITER, SOCKET, NAN, GOOD2]
+from mqbench.testing import ANSWERS, GOOD, NO_CODE
 
 
 class Replay:

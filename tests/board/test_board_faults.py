@@ -19,7 +19,7 @@ from mqbench.board.report import load_records
 from mqbench.errors import MqbenchError
 from mqbench.scoring.record import Record
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RECORDS = REPO / "leaderboard" / "records" / "fmnist-resnet8"
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mqbench.task import datasets as D
 from mqbench.errors import MqbenchError
+from mqbench.task import datasets as D
 from mqbench.task.spec import DataSpec
 
 # Class c of the fake ImageNet folders is a flat image of this colour, so labels can be

@@ -8,8 +8,17 @@ import torch
 from torch import nn
 
 from mqbench.errors import MqbenchError
-from mqbench.quant.quantizer import (FP, LayerBits, WEIGHT_ALPHAS, calibrate_act, fold_batchnorm,
-                           prepare, quantize, quantize_weight, weight_scale)
+from mqbench.quant.quantizer import (
+    FP,
+    WEIGHT_ALPHAS,
+    LayerBits,
+    calibrate_act,
+    fold_batchnorm,
+    prepare,
+    quantize,
+    quantize_weight,
+    weight_scale,
+)
 
 
 def test_weight_2bit_hand_computed():

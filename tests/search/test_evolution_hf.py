@@ -11,9 +11,6 @@ import math
 import numpy as np
 import pytest
 
-# The same canned answers as the openai generator's tests.
-from test_evolution_llm import GOOD, GOOD2, NO_CODE, SYNTAX
-
 from mqbench.errors import MqbenchError
 from mqbench.search.evolution import generator_llm as LL
 from mqbench.search.evolution.chat import extract
@@ -26,6 +23,9 @@ from mqbench.search.evolution.generator_dpo import (
 )
 from mqbench.search.evolution.generator_llm import Pair, build_pairs
 from mqbench.search.evolution.loop import CHECKPOINT
+
+# The same canned answers as the openai generator's tests.
+from mqbench.testing import GOOD, GOOD2, NO_CODE, SYNTAX
 
 PROSE = ("Mixed-precision quantization assigns each layer a bit-width. A sensitive layer "
          "loses accuracy when quantized, so it should keep more bits.")

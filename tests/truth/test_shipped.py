@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from mqbench.truth.bench import open_bench
-from mqbench.task.datasets import FMNIST_SYSTEM_DIR
-from mqbench.task.text.corpus import PYTHON_DOCS_DIR
-from mqbench.quant.space import BitConfig
-from mqbench.truth.store import import_shipped, load_table
-from mqbench.task.spec import load_task
 from mqbench.paths import shipped_dir
+from mqbench.quant.space import BitConfig
+from mqbench.task.datasets import FMNIST_SYSTEM_DIR
+from mqbench.task.spec import load_task
+from mqbench.task.text.corpus import PYTHON_DOCS_DIR
+from mqbench.truth.bench import open_bench
+from mqbench.truth.store import import_shipped, load_table
 
 BUNDLED = ["fmnist-resnet8", "fmnist-vit", "pydocs-llama"]
 

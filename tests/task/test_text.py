@@ -7,87 +7,13 @@ A tiny Llama task runs on text Python itself ships (`pydoc_data.topics`, written
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from mqbench.errors import MqbenchError
-
-TINY_LM = """
-name = "{name}"
-version = 1
-seed = 0
-description = "tiny LM test task"
-[model]
-arch = "llama"
-source = "train"
-dim = 32
-depth = 2
-heads = 2
-ffn = 64
-[model.train]
-epochs = 1
-max_steps = 40
-batch_size = 8
-lr = 3e-3
-optimizer = "adamw"
-weight_decay = 0.0
-flip = false
-[data]
-dataset = "python-docs"
-root = "{root}"
-seq_len = {seq_len}
-vocab_size = 300
-calibration_samples = 8
-eval_split = "test"
-eval_samples = 12
-[quant]
-weight_bits = [2, 3, 4]
-act_bits = [32]
-layers = ["lm.model.layers.*"]
-weight_clip = "max"
-fold_bn = false
-group_size = 16
-[table]
-configs = 12
-strata = 4
-noise_configs = 3
-batch_size = 4
-[harness]
-budgets = [3.0, 3.5]
-calibration_batch = 4
-[automixq]
-budgets = [3.5, 3.0]
-fractions = [0.25]
-samples = 4
-elites = 2
-step = 3
-aux_samples = 4
-"""
-
-
-def _corpus(folder: Path) -> Path:
-    """Real English text shipped with Python: the pydoc topic help, one file per topic."""
-    from pydoc_data.topics import topics
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in sorted(topics.items()):
-        (folder / f"{name}.txt").write_text(text)
-    return folder
-
-
-@pytest.fixture
-def lm_env(tmp_path, monkeypatch):
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    root = _corpus(tmp_path / "corpus")
-    (tasks / "tinylm.toml").write_text(TINY_LM.format(name="tinylm", root=root, seq_len=32))
-    monkeypatch.setenv("MQBENCH_TASKS", str(tasks))
-    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
-    return tasks
-
+from mqbench.testing import TINY_LM
 
 # ------------------------------------------------------------------ quantizer
 def test_group_quantizer_hand_computed():
@@ -132,35 +58,10 @@ def test_group_quantizer_matches_reference_formula():
             assert torch.allclose(got[r, g0:g0 + 16].double(), ref, atol=1e-5)
 
 
-def test_protection_strategies():
-    from mqbench.search.automixq.search import Option, options, protected_channels
-
-    s = torch.tensor([5.0, 1.0, 9.0, 3.0, 7.0, 0.5, 2.0, 8.0])
-    top = protected_channels(s, 0.25, both_ends=False)
-    assert top.nonzero().flatten().tolist() == [2, 7]  # 9 and 8
-    both = protected_channels(s, 0.5, both_ends=True)
-    assert sorted(both.nonzero().flatten().tolist()) == [1, 2, 5, 7]  # 9, 8 and 0.5, 1
-    assert Option(2, 1, 0.25).avg_bits == 2.5 and Option(4).avg_bits == 4.0
-    opts = options([0.25])
-    assert [o.key for o in opts][0] == "w4" and opts[-1].key == "w2" and len(opts) == 6
-
-
-def test_mixed_weight_protects_the_right_columns():
-    from mqbench.search.automixq.search import mixed_weight
-    from mqbench.quant.quantizer import quantize_groups
-
-    w = torch.randn(6, 32, generator=torch.Generator().manual_seed(1))
-    mask = torch.zeros(32, dtype=torch.bool)
-    mask[[0, 5, 9, 31]] = True
-    out = mixed_weight(w, mask, 16, "max")
-    assert torch.allclose(out[:, mask], quantize_groups(w[:, mask], 4, 16))
-    assert torch.allclose(out[:, ~mask], quantize_groups(w[:, ~mask], 2, 16))
-
-
 # ------------------------------------------------------------------ data
 def test_corpus_split_by_file_and_windows(lm_env, tmp_path):
-    from mqbench.task.text import corpus
     from mqbench.task.spec import load_task
+    from mqbench.task.text import corpus
 
     spec = load_task("tinylm").data
     files = {s: {p.name for p in corpus.docs_files(spec, s)} for s in corpus.SPLITS}
@@ -203,8 +104,8 @@ def test_missing_corpus_and_bad_fields_are_one_line(lm_env, tmp_path):
 
 
 def test_tokenizer_is_deterministic_and_cached(lm_env):
-    from mqbench.task.text import tokenize
     from mqbench.task.spec import load_task
+    from mqbench.task.text import tokenize
 
     spec = load_task("tinylm").data
     enc, info = tokenize.load_tokenizer(spec)
@@ -222,8 +123,8 @@ def test_tokenizer_is_deterministic_and_cached(lm_env):
 # ------------------------------------------------------------------ model and evaluation
 def test_perplexity_matches_transformers(lm_env):
     """Our per-token evaluator against transformers' own shifted-label loss."""
-    from mqbench.truth.bench import open_bench
     from mqbench.task.spec import load_task
+    from mqbench.truth.bench import open_bench
 
     bench = open_bench(load_task("tinylm"), progress=False)
     ev = bench.evaluator(0)
@@ -242,8 +143,8 @@ def test_perplexity_matches_transformers(lm_env):
 
 
 def test_weights_are_deterministic(lm_env, tmp_path, monkeypatch):
-    from mqbench.truth.bench import open_bench
     from mqbench.task.spec import load_task
+    from mqbench.truth.bench import open_bench
 
     a = open_bench(load_task("tinylm"), progress=False).weights_manifest["checksum"]
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache2"))
@@ -253,10 +154,10 @@ def test_weights_are_deterministic(lm_env, tmp_path, monkeypatch):
 
 def test_lm_table_and_proxies(lm_env):
     """The LM task goes through the same table, proxy and harness machinery as vision."""
-    from mqbench.scoring.harness import EvalOptions, evaluate_proxy
     from mqbench.proxy.contract import get_proxy
-    from mqbench.truth.build import build_table
+    from mqbench.scoring.harness import EvalOptions, evaluate_proxy
     from mqbench.task.spec import load_task
+    from mqbench.truth.build import build_table
 
     task = load_task("tinylm")
     build_table(task, progress=False)
@@ -275,71 +176,6 @@ def test_lm_table_and_proxies(lm_env):
 
 
 # ------------------------------------------------------------------ AutoMixQ
-def test_distill_loss_by_hand():
-    from mqbench.search.automixq.search import distill_loss
-
-    q = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
-    fp = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 0.0]])
-    y = torch.tensor([0, 1])
-    t, a = 2.0, 1.0
-    ce = -sum(float(torch.log_softmax(q[i], 0)[y[i]]) for i in range(2))
-    p, lq = torch.softmax(fp / t, -1), torch.log_softmax(q / t, -1)
-    kl = float((p * (p.log() - lq)).sum())
-    assert math.isclose(distill_loss(q, fp, y, a, t), ce + a * t * t * kl, rel_tol=1e-6)
-
-
-def test_automixq_search_resume_and_report(lm_env, tmp_path):
-    import dataclasses
-
-    from mqbench.truth.bench import open_bench
-    from mqbench.search.automixq.search import Search
-    from mqbench.search.automixq.compare import compare, markdown, random_mixed
-    from mqbench.task.spec import load_task
-
-    task = load_task("tinylm")
-    bench = open_bench(task, progress=False)
-    search = Search(bench, progress=False)
-    full = search.run(tmp_path / "a.json")
-    assert set(full.found) == {"3.5", "3"}
-    for b, f in full.found.items():
-        assert f["avg_bits"] <= float(b) + 1e-9
-        assert math.isclose(search.avg_bits(f["config"]), f["avg_bits"])
-    losses = [h["loss"] for h in full.history]
-    assert len(losses) == full.cycle and full.evaluations <= full.cycle * 4
-    # Interrupted after 2 cycles, then resumed: the same search, cycle for cycle.
-    short = dataclasses.replace(task, automixq=dataclasses.replace(task.automixq, max_cycles=2))
-    s2 = Search(open_bench(short, progress=False), progress=False)
-    part = s2.run(tmp_path / "b.json")
-    assert part.cycle == 2
-    resumed = search.run(tmp_path / "b.json", resume=True)
-    assert resumed.found == full.found and resumed.history == full.history
-    # A random baseline is within budget; the report has Table 1's rows.
-    keys = random_mixed(search, 3.0, 0)
-    assert search.avg_bits(keys) <= 3.0 + 1e-9 and set(keys) <= {"w2", "w4"}
-    result = compare(search, full, [], random_seeds=2)
-    methods = [r["method"] for r in result["rows"]]
-    assert methods[0] == "FP" and methods[-1] == "AutoMixQ" and "Uniform" in methods
-    assert "W3.5A16" in markdown(result)
-    # AutoMixQ's result is a Record (kind "search"): one allocation per budget, whose test
-    # perplexities are the table's AutoMixQ row
-    from mqbench.scoring.record import Record
-
-    auto = Record.from_dict(result["record"])
-    assert auto.proxy_kind == "search" and [d.budget_avg_bits for d in auto.downstream] == [3.0, 3.5]
-    assert result["rows"][-1]["cells"] == {f"{d.budget_avg_bits:g}": math.exp(d.loss)
-                                           for d in auto.downstream}
-    assert [d.config.split(",") for d in auto.downstream] == [full.found[b]["config"]
-                                                              for b in ("3", "3.5")]
-
-
-def test_automixq_bad_input(lm_env, tmp_path):
-    from mqbench.cli.main import main
-
-    (tmp_path / "x.json").write_text("{not json")
-    assert main(["automixq", "--task", "tinylm", "--budgets", "1.5", "--quiet"]) == 2
-    assert main(["automixq", "--task", "tiny-nonexistent", "--quiet"]) == 2
-    assert main(["automixq", "--task", "tinylm", "--quiet", "--resume", "--checkpoint",
-                 str(tmp_path / "x.json")]) == 2
 
 
 # ------------------------------------------------------------------ real (Hugging Face) tasks
@@ -406,8 +242,8 @@ def hf_env(tmp_path, monkeypatch):
 def test_hf_task_loads_and_matches_transformers(hf_env):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mqbench.truth.bench import open_bench
     from mqbench.task.spec import load_task
+    from mqbench.truth.bench import open_bench
 
     bench = open_bench(load_task("hflm"), progress=False)
     assert len(bench.space.units) == 7
@@ -445,41 +281,14 @@ def test_hf_task_missing_model_or_data_is_one_line(hf_env, capsys):
     assert "\n" not in err and "save_to_disk" in err
 
 
-def test_automixq_beats_random_on_the_bundled_lm(tmp_path, monkeypatch):
-    """The issue's check, on the shipped pydocs-llama weights: at a 3.5-bit budget the
-    searched 2/4-bit configuration has lower test perplexity than random 2/4-bit mixes."""
-    import dataclasses
-
-    from mqbench.truth.bench import Evaluator, open_bench
-    from mqbench.search.automixq.search import Search
-    from mqbench.search.automixq.compare import heldout_metrics, random_mixed
-    from mqbench.task.text.corpus import PYTHON_DOCS_DIR
-    from mqbench.task.spec import load_task
-    from mqbench.paths import shipped_dir
-
-    task = load_task("pydocs-llama")
-    if not PYTHON_DOCS_DIR.is_dir() or not (shipped_dir(task.key) / "weights.pt").exists():
-        pytest.skip("needs python3.11-doc and the shipped pydocs-llama weights")
-    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
-    task = dataclasses.replace(task, automixq=dataclasses.replace(task.automixq,
-                                                                  budgets=(3.5,)))
-    search = Search(open_bench(task, progress=False), progress=False)
-    state = search.run()
-    ev = Evaluator(search.bench, search.mixed, task.table.batch_size)
-    auto = heldout_metrics(search, ev, state.found["3.5"]["config"]).loss
-    rand = [heldout_metrics(search, ev, random_mixed(search, 3.5, s)).loss for s in range(3)]
-    assert state.found["3.5"]["avg_bits"] <= 3.5
-    assert auto < min(rand), (math.exp(auto), [math.exp(r) for r in rand])
-
-
 def test_hub_ids_fail_fast_offline(monkeypatch):
     """Uncached hub ids on a machine without the hub: one quick error, no retry storm."""
     import time
 
     from transformers import AutoTokenizer
 
-    from mqbench.task.text import corpus, hub
     from mqbench.task.spec import load_task
+    from mqbench.task.text import corpus, hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert not hub.reachable()

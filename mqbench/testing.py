@@ -1,0 +1,138 @@
+"""Test helpers shipped with the package (like optuna.testing): tiny task files, canned LLM
+answers, a best-of timer. Used by tests/ and handy for plugin authors' own tests; nothing in
+mqbench imports it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+TINY_TASK = """
+name = "{name}"
+version = {version}
+seed = 0
+description = "tiny test task"
+[model]
+arch = "resnet8"
+width = 8
+[model.train]
+epochs = 1
+batch_size = 64
+lr = 0.05
+max_steps = {steps}
+[data]
+dataset = "digits"
+calibration_samples = 64
+eval_samples = 120
+[quant]
+weight_bits = [2, 4, 8]
+tie = {{ "layer2.0.downsample.0" = "layer2.0.conv2", "layer3.0.downsample.0" = "layer3.0.conv2" }}
+[table]
+configs = {configs}
+noise_configs = 6
+batch_size = 64
+"""
+
+
+def write_task(folder: Path, name: str = "tiny", version: int = 1, configs: int = 24,
+               steps: int = 15) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(TINY_TASK.format(name=name, version=version, configs=configs, steps=steps))
+    return path
+
+
+TINY_LM = """
+name = "{name}"
+version = 1
+seed = 0
+description = "tiny LM test task"
+[model]
+arch = "llama"
+source = "train"
+dim = 32
+depth = 2
+heads = 2
+ffn = 64
+[model.train]
+epochs = 1
+max_steps = 40
+batch_size = 8
+lr = 3e-3
+optimizer = "adamw"
+weight_decay = 0.0
+flip = false
+[data]
+dataset = "python-docs"
+root = "{root}"
+seq_len = {seq_len}
+vocab_size = 300
+calibration_samples = 8
+eval_split = "test"
+eval_samples = 12
+[quant]
+weight_bits = [2, 3, 4]
+act_bits = [32]
+layers = ["lm.model.layers.*"]
+weight_clip = "max"
+fold_bn = false
+group_size = 16
+[table]
+configs = 12
+strata = 4
+noise_configs = 3
+batch_size = 4
+[harness]
+budgets = [3.0, 3.5]
+calibration_batch = 4
+[automixq]
+budgets = [3.5, 3.0]
+fractions = [0.25]
+samples = 4
+elites = 2
+step = 3
+aux_samples = 4
+"""
+
+
+def write_corpus(folder: Path) -> Path:
+    """Real English text shipped with Python: the pydoc topic help, one file per topic."""
+    from pydoc_data.topics import topics  # stdlib data, only needed here
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in sorted(topics.items()):
+        (folder / f"{name}.txt").write_text(text)
+    return folder
+
+
+# Canned LLM answers for discovery tests: a valid proxy, a variant, and hostile or broken ones.
+GOOD = '''Hessian trace per parameter, as HAWQ-V2.
+```python
+from mqbench.proxy import proxy
+
+@proxy(name="candidate", version=1, kind="layer")
+def candidate(stats):
+    return [float(stats.hessian_trace[i] / stats.params[i]) for i in range(len(stats.modules))]
+```'''
+GOOD2 = GOOD.replace("/ stats.params[i]", "* float(stats.weights[m].abs().mean())").replace(
+    "for i in range(len(stats.modules))", "for i, m in enumerate(stats.modules)")
+NO_CODE = "I think the Hessian matters most, but I will not write code."
+SYNTAX = "Broken:\n```python\ndef candidate(stats:\n```"
+LOOP = GOOD.replace("    return [", "    while True:\n        pass\n    return [")
+WRITER = GOOD.replace("    return [",
+                      "    open('/tmp/mqbench_pwned', 'w').write('x')\n    return [")
+SOCKET = GOOD.replace("    return [", "    import socket\n"
+                      "    socket.create_connection(('127.0.0.1', PORT))\n    return [")
+NAN = GOOD.replace("float(stats.hessian_trace[i] / stats.params[i])", "float('nan')")
+ANSWERS = [GOOD, NO_CODE, SYNTAX, LOOP, WRITER, SOCKET, NAN, GOOD2]
+
+
+def best_of(fn, n: int = 5) -> float:
+    """The fastest of n timed calls of `fn` (after one warm-up call), in seconds."""
+    fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
