@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from itertools import pairwise
 from pathlib import Path
 
@@ -274,56 +275,68 @@ def _spec(task: str) -> Task | None:
 Tables = list[tuple[str, Report, set]]  # (table id, report, bold cells)
 
 
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's `code` and **bold** spans (the README's paragraphs)."""
+    out = _e(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+
+
 def page(sections: list[tuple[str, Tables, list[str]]], note: str,
-         records: dict[str, list[Record]] | None = None, overview: Tables = ()) -> str:
+         records: dict[str, list[Record]] | None = None, summary: str = "",
+         task_notes: dict[str, str] | None = None) -> str:
     """HTML for [(task, [(table id, report, bold cells)], [png file names])].
 
-    `records` (task -> its records) gives rows their paper, kind and source link (read from
-    the leaderboard database when not given); `overview` holds tables across tasks, shown
-    before the tasks.
+    A section whose name has no records (e.g. "across tasks") is shown as a plain section
+    before the tasks, outside the filters. `records` (task -> its records) gives rows their
+    paper, kind and source link (read from the leaderboard database when not given);
+    `summary` is what the leaderboard concludes and `task_notes` one paragraph per task
+    (Markdown `code` and **bold** allowed).
     """
     if records is None:
         records = {t: R.load_records(t) for t, _, _ in sections}
-    by_task = {t: {r.proxy: r for r in records.get(t, [])} for t, _, _ in sections}
+    task_notes = task_notes or {}
+    tasks = [t for t, _, _ in sections if records.get(t)]
+    by_task = {t: {r.proxy: r for r in records[t]} for t in tasks}
     papers: dict[str, Record] = {}
     for t in sorted(by_task):
         for name, rec in sorted(by_task[t].items()):
             papers.setdefault(name, rec)
     every = {name: rec for t in by_task.values() for name, rec in t.items()}
     cites = {name: i + 1 for i, name in enumerate(sorted(papers))}
-    specs = {t: _spec(t) for t, _, _ in sections}
+    specs = {t: _spec(t) for t in tasks}
     columns: dict[str, Column] = {}
     roles = set()
-    body = []
-    if overview:
-        body.append("<section id=\"across-tasks\"><h2>Across tasks</h2>")
-        for tid, report, best in overview:
-            columns.update((c.key, c) for c in report.columns)
-            body.append(_table(tid, report, best, every, cites))
-        body.append("</section>")
+    general, body = [], []
     for t, reports, images in sections:
-        spec = specs[t]
-        part = [(f"<section class=\"task\" id=\"{_e(_slug(t))}\" data-task=\"{_e(t)}\" "
-                 f"data-family=\"{_e(family(spec) if spec else '')}\"><h2>{_e(t)}</h2>"),
-                _task_spec(spec) if spec else ""]
+        recs = by_task.get(t, every)
+        if t in by_task:
+            spec = specs[t]
+            part = [(f"<section class=\"task\" id=\"{_e(_slug(t))}\" data-task=\"{_e(t)}\" "
+                     f"data-family=\"{_e(family(spec) if spec else '')}\"><h2>{_e(t)}</h2>"),
+                    _task_spec(spec) if spec else ""]
+            if task_notes.get(t):
+                part.append(f"<p class=\"summary\">{_inline(task_notes[t])}</p>")
+        else:
+            part = [f"<section id=\"{_e(_slug(t))}\"><h2>{_e(t)}</h2>"]
         for tid, report, best in reports:
             columns.update((c.key, c) for c in report.columns)
             roles.update(role(row) for row in report.rows)
-            part.append(_table(tid, report, best, by_task[t], cites))
+            part.append(_table(tid, report, best, recs, cites))
         part += [_figure(img) for img in images]
-        body.append("\n".join(part) + "</section>")
+        (body if t in by_task else general).append("\n".join(part) + "</section>")
     refs = "".join(f"<li><strong>{k}</strong>: {v}</li>" for r, (k, v) in T.REFERENCE.items()
                    if r in roles)
     refs = f"<p>Reference rows, shown shaded and never ranked:</p><ul>{refs}</ul>" if refs else ""
-    tasks = [t for t, _, _ in sections]
-    nav = "".join(f"<li><a href=\"#{_e(_slug(t))}\">{_e(t)}</a></li>" for t in tasks)
-    if overview:
-        nav = "<li><a href=\"#across-tasks\">across tasks</a></li>" + nav
+    nav = "".join(f"<li><a href=\"#{_e(_slug(t))}\">{_e(t)}</a></li>"
+                  for t in [t for t, _, _ in sections if t not in by_task] + tasks)
     fams = sorted({family(x) for x in specs.values() if x})
     filters = ("<form id=\"filters\" hidden aria-label=\"filter tasks\">"
                f"<label>Task <select name=\"task\">{_options(tasks)}</select></label>"
                f"<label>Model family <select name=\"family\">{_options(fams)}</select></label>"
                "</form>")
+    concl = (f"<section id=\"conclusion\"><h2>What the leaderboard concludes</h2>"
+             f"<p>{_inline(summary)}</p></section>") if summary else ""
     return "\n".join([
         "<!DOCTYPE html>",
         "<html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -332,10 +345,13 @@ def page(sections: list[tuple[str, Tables, list[str]]], note: str,
         f"<header><h1>mqbench leaderboard</h1><p>{T.INTRO}</p>",
         (f"<p class=\"note\">{_e(note)} Click a column header to sort (JavaScript; the "
          "tables read the same without it).</p>"),
-        ("<nav aria-label=\"contents\"><ul><li><a href=\"#protocol\">protocol</a></li>"
+        ("<nav aria-label=\"contents\"><ul>"
+         + ("<li><a href=\"#conclusion\">conclusions</a></li>" if concl else "")
+         + "<li><a href=\"#protocol\">protocol</a></li>"
          f"<li><a href=\"#metrics\">metrics</a></li>{nav}"
          "<li><a href=\"#proxies\">proxies</a></li></ul></nav></header><main>"),
+        concl,
         f"<section id=\"protocol\"><h2>Protocol</h2>{T.PROTOCOL}{refs}</section>",
         f"<section id=\"metrics\"><h2>Metrics</h2>{_metric_list(columns)}</section>",
-        filters, *body, _proxy_list(papers, by_task, cites),
+        *general, filters, *body, _proxy_list(papers, by_task, cites),
         f"</main><script>{T.SCRIPT}</script></body></html>", ""])

@@ -93,8 +93,9 @@ code{font-size:90%;overflow-wrap:anywhere}
 .scroll{overflow-x:auto;max-width:100%;border:1px solid #eee}
 table.board{border-collapse:collapse;font-size:13px;overflow-wrap:normal;white-space:nowrap}
 th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}
-th.num,td.num{text-align:right}thead th{background:#f4f4f4;position:sticky;top:0}
-th button{all:inherit;cursor:pointer;padding:0}th button:focus-visible{outline:2px solid #36c}
+th.num,td.num{text-align:right}thead th{background:#f4f4f4}
+th button{all:inherit;display:inline;cursor:pointer;padding:0}
+th button:focus-visible{outline:2px solid #36c}
 th[aria-sort=descending]::after{content:" \\25BE"}th[aria-sort=ascending]::after{content:" \\25B4"}
 th[aria-sort=none]::after{content:" \\2195";color:#aaa}
 tr.group th{background:#e8eef8;text-align:left}
@@ -109,6 +110,7 @@ dl.spec{display:grid;grid-template-columns:max-content 1fr;gap:.1em 1em}dl.spec 
 @media (max-width:600px){dl.spec{grid-template-columns:1fr}dl.spec dd{margin-left:1em}}
 figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:13px;color:#555}ul.refs{list-style:none;padding:0}
+p.summary{background:#f7f9fc;padding:.5em .8em;border-left:3px solid #69c}
 #filters{margin:1em 0;display:flex;flex-wrap:wrap;gap:1em}
 """
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mqbench.errors import MqbenchError
+from mqbench.errors import MqbenchError, require
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,7 @@ class OpenAIChat:
         self.api_key = self.api_key or os.environ.get("OPENAI_API_KEY", "") or "none"
         if not self.model:
             raise MqbenchError("no LLM model given: pass --model or set MQBENCH_LLM_MODEL")
+        require("openai", "discover", "the openai generator")
         import openai  # lazy: optional and heavy, needed only by this generator
 
         # Retries are ours (counted, tested); the client's own would hide them.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mqbench.errors import MqbenchError
+from mqbench.errors import MqbenchError, require
 from mqbench.search.evolution.chat import Completion, Usage, cached
 
 INSTALL_HINT = "pip install -e '.[discover-hf]'"
@@ -97,6 +97,7 @@ def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None 
         raise MqbenchError(f"no local model at {str(model_path)!r}: {how}")
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise MqbenchError(f"no LoRA adapter at {adapter} (adapter_config.json missing)")
+    require("transformers", "lm", "the hf generator")
     # lazy: transformers is heavy and optional (the hf generator only)
     import transformers
     from transformers.utils import logging as hf_logging

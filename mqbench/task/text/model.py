@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mqbench.errors import MqbenchError
+from mqbench.errors import MqbenchError, require
 from mqbench.task.text import hub
 
 
@@ -36,6 +36,7 @@ class CausalLM(nn.Module):
 
 def tiny_llama(spec, vocab_size: int, seq_len: int) -> CausalLM:
     """A small Llama with the task's dimensions (random init from the current torch RNG)."""
+    require("transformers", "lm", "a language-model task")
     # lazy: transformers takes seconds to import; only LM tasks need it
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -51,6 +52,7 @@ def tiny_llama(spec, vocab_size: int, seq_len: int) -> CausalLM:
 
 def load_hf(spec) -> CausalLM:
     """A pretrained Hugging Face causal LM from a local folder or the hub (eval mode)."""
+    require("transformers", "lm", "a language-model task")
     try:
         # lazy: transformers takes seconds to import; only LM tasks need it
         from transformers import AutoModelForCausalLM

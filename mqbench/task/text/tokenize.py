@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mqbench.errors import MqbenchError
+from mqbench.errors import MqbenchError, require
 from mqbench.paths import cache_dir
 from mqbench.task.text import corpus, hub
 
@@ -37,6 +37,7 @@ def text_dir(spec) -> Path:
 
 def train_bpe(text: str, vocab_size: int):
     """A byte-level BPE tokenizer trained on `text` (deterministic for equal input)."""
+    require("tokenizers", "lm", "a language-model task")
     # lazy: only LM tasks need a tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -70,6 +71,7 @@ class _Encoder:
 def load_tokenizer(spec) -> tuple[_Encoder, dict]:
     """The task's tokenizer (trained and cached on first use) and its provenance."""
     if spec.tokenizer:
+        require("transformers", "lm", "a hub tokenizer")
         try:
             # lazy: transformers takes seconds to import; only LM tasks need it
             from transformers import AutoTokenizer
@@ -80,6 +82,7 @@ def load_tokenizer(spec) -> tuple[_Encoder, dict]:
                                f"({type(exc).__name__}); give a local model folder or a hub id "
                                f"you have downloaded (cached under $HF_HOME)") from None
         return _Encoder(tok, True), {"tokenizer": spec.tokenizer}
+    require("tokenizers", "lm", "a language-model task")
     from tokenizers import Tokenizer  # lazy: only LM tasks need a tokenizer
 
     path = text_dir(spec) / "tokenizer.json"
