@@ -11,12 +11,15 @@ when it alone is quantized to the lowest weight bit-width (the table's `layer` r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from mqbench.errors import MqbenchError
+from mqbench.paths import atomic_path, cache_dir
 from mqbench.provenance import software
 from mqbench.proxy.context import Stats
 from mqbench.proxy.contract import Proxy, check_scores, damage_matrix
@@ -26,7 +29,7 @@ from mqbench.scoring import allocate as A
 from mqbench.scoring import metrics as S
 from mqbench.scoring.record import TABLE_PROVENANCE_KEYS, Allocation, Record, Timing
 from mqbench.task.spec import Task
-from mqbench.truth.bench import open_bench
+from mqbench.truth.bench import Metrics, open_bench
 from mqbench.truth.build import ensure_table
 
 
@@ -55,6 +58,37 @@ def config_scores(damage: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Predicted quality of each configuration: minus its summed damage."""
     units = np.arange(damage.shape[0])
     return -damage[units[None, :], idx].sum(axis=1)
+
+
+class Measured:
+    """Configurations measured on the task's evaluation set, cached on disk.
+
+    Two proxies that pick the same allocation share one measurement, and a re-run of a proxy
+    measures nothing: the quantizer is only prepared (seconds) when a configuration is new.
+    Keyed by task version, trained weights, calibration seed and configuration key; the
+    evaluator is deterministic, so a cached value is the value a fresh evaluation gives.
+    """
+
+    def __init__(self, bench, cal_seed: int):
+        self.bench, self.cal_seed, self._ev = bench, cal_seed, None
+        weights = str(bench.weights_manifest.get("checksum", "pretrained"))[:16]
+        self.folder = cache_dir() / "measured" / bench.task.key / f"{weights}-seed{cal_seed}"
+
+    def __call__(self, cfg: BitConfig) -> Metrics:
+        path = self.folder / (hashlib.sha256(cfg.key.encode()).hexdigest()[:32] + ".json")
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("key") == cfg.key:
+                return Metrics(cached["acc"], cached["loss"], cached["kl"])
+        except (OSError, ValueError, KeyError):
+            pass  # not measured yet, or a damaged entry: measure again
+        if self._ev is None:
+            self._ev = self.bench.evaluator(self.cal_seed)
+        m = self._ev.evaluate(cfg)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"key": cfg.key, "acc": m.acc, "loss": m.loss, "kl": m.kl}))
+        return m
 
 
 def layer_truth(table, space) -> np.ndarray:
@@ -86,7 +120,8 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
     bench = open_bench(task, opts.progress)
     if table.meta.get("weights_checksum") != bench.weights_manifest.get("checksum", "pretrained"):
         raise MqbenchError(f"the table of {task.key} was built from other model weights than the "
-                           f"cached ones; rebuild it with `mqbench build --task {task.name} --force`")
+                           f"cached ones; rebuild it with `mqbench build --task {task.name} "
+                           f"--force`")
     space = bench.space
     stats = Stats(bench)
     stats.compute_all()  # the sandbox gets a read-only view of them, shipped once
@@ -112,7 +147,7 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
 
     downstream = []
     if opts.downstream and damage is not None:
-        ev = bench.evaluator(task.seed)
+        measure = Measured(bench, task.seed)
         fixed = A.fixed_indices(space, task.harness.fixed)
         all_rows = table.rows[(table.rows.cal_seed == task.seed)
                               & table.rows.kind.isin(["uniform", "sample"])]
@@ -122,7 +157,7 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
             for avg in task.harness.budgets:
                 budget = A.budget_for(space, avg, metric)
                 cfg = A.allocation_config(space, A.allocate(damage, cost, budget, fixed))
-                m = ev.evaluate(cfg)
+                m = measure(cfg)
                 within = all_rows[all_rows[column] <= budget * (1 + 1e-9)]
                 best = float(within.acc.max()) if len(within) else float("nan")
                 downstream.append(Allocation(

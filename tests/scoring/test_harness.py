@@ -10,7 +10,7 @@ from scipy import stats
 
 from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
-from mqbench.proxy.contract import get_proxy, load_proxy_file
+from mqbench.proxy.contract import Proxy, get_proxy, load_proxy_file
 from mqbench.proxy.sandbox import run_limited
 from mqbench.scoring.harness import EvalOptions, evaluate_proxy, layer_truth
 from mqbench.scoring.metrics import spearman
@@ -207,3 +207,31 @@ def test_leaderboard_rebuild_and_table(lb, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| good |" in out and "ρs@20%" in out
     assert main(["leaderboard", "table", "--task", "nothing"]) == 2
+
+
+def test_allocations_are_measured_once_and_cached(tiny_env, monkeypatch):
+    """A re-run measures nothing (the quantizer is not even prepared), and the cached values
+    equal a fresh evaluation of the same configurations."""
+    from mqbench.quant.space import BitConfig
+    from mqbench.truth.bench import Bench, open_bench
+
+    task = load_task("tiny")
+
+    def wnorm(stats):
+        return [float(stats.weights[m].norm()) for m in stats.modules]
+
+    p = Proxy("wnorm", 1, "", "layer", wnorm)
+    opts = EvalOptions(bootstrap=0, isolate=False, progress=False)
+    first = evaluate_proxy(p, task, opts)
+
+    def refuse(self, *a, **k):
+        raise AssertionError("the evaluator was prepared although every pick is cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(Bench, "evaluator", refuse)
+        second = evaluate_proxy(p, task, opts)
+    assert second.downstream == first.downstream
+    ev = open_bench(task, progress=False).evaluator(task.seed)
+    for d in first.downstream:
+        fresh = ev.evaluate(BitConfig.from_key(d.config))
+        assert (fresh.acc, fresh.loss, fresh.kl) == (d.acc, d.loss, d.kl)
