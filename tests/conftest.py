@@ -24,6 +24,9 @@ def _never_touch_user_dirs(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("MQBENCH_CACHE", str(base / "default-cache"))
     monkeypatch.setenv("MQBENCH_LEADERBOARD", str(base / "default-leaderboard"))
+    # CLI flags (--device, --data-dir, --output) write these for the process; pin them per test
+    monkeypatch.setenv("MQBENCH_DEVICE", "cpu")
+    monkeypatch.setenv("MQBENCH_DATA", "")
 
 
 @pytest.fixture

@@ -6,15 +6,20 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch  # noqa: F401 - imported before the sandbox, as in the harness
+import torch
 
 from mqbench.errors import MqbenchError
+from mqbench.proxy import sandbox
 from mqbench.proxy.sandbox import StatsView, check_limits, layers, printable, run_limited
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,6 +125,23 @@ def _torch_bomb():
 
 def _sleep():
     time.sleep(30)
+
+
+def _exit_early():
+    os._exit(3)
+
+
+def _segfault():
+    ctypes.string_at(0)
+
+
+class _BadMessage(Exception):
+    def __str__(self):
+        raise RuntimeError("no message for you")
+
+
+def _bad_message():
+    raise _BadMessage
 
 
 def _threads():
@@ -245,7 +267,9 @@ def test_failures_are_one_line():
     cases = [(_boom, r"raised ValueError: bad \(test_sandbox.py line \d+\)"),
              (_bomb, "512 MiB memory limit; use less memory or raise --mem-mb"),
              (_torch_bomb, "512 MiB memory limit; use less memory or raise --mem-mb"),
-             (_sleep, "time limit")]
+             (_sleep, "time limit"), (_exit_early, r"exited \(3\) before returning a result"),
+             (_segfault, r"killed by signal 11 \(SIGSEGV\) before returning a result"),
+             (_bad_message, "raised _BadMessage: .its message could not be read.")]
     for fn, expect in cases:
         start = time.perf_counter()
         with pytest.raises(MqbenchError, match=expect) as err:
@@ -307,3 +331,110 @@ def test_benchmark_sandbox_overhead(benchmark, confine):
     """Per-call cost of the sandbox vs the unconfined worker baseline (target: < 50 ms)."""
     benchmark.pedantic(run_limited, args=(sum, ([1, 2],)),
                        kwargs={"name": "trivial", "confine": confine}, rounds=30, iterations=1)
+
+
+_CHILD = """
+import sys
+import mqbench.proxy.sandbox as S
+try:
+    print(S.layers()[0]); print(S.run_limited(sum, ([1, 2],), name="x"))
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+# A seccomp filter making unshare() fail with EPERM, then the script above (x86_64/aarch64)
+_NO_UNSHARE = """
+import ctypes, platform, struct, sys
+nr = {"x86_64": 272, "aarch64": 97}[platform.machine()]
+prog = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)]
+code = b"".join(struct.pack("=HBBI", *i) for i in prog)
+buf = ctypes.create_string_buffer(code, len(code))
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(38, 1, 0, 0, 0)
+assert libc.prctl(22, 2, ctypes.byref(Prog(len(prog), ctypes.addressof(buf))), 0, 0) == 0
+exec(sys.argv[1])
+"""
+
+
+def _python(*argv, prefix=()):
+    return subprocess.run([*prefix, sys.executable, *argv], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": REPO}, check=False)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/setpriv") or os.geteuid() != 0,
+                    reason="needs root and setpriv to drop CAP_SYS_ADMIN")
+def test_without_privilege_a_user_namespace_is_used():
+    got = _python("-c", _CHILD, prefix=("setpriv", "--bounding-set=-sys_admin",
+                                        "--inh-caps=-sys_admin"))
+    assert got.stdout.split("\n")[:2] == ["clean-worker+userns+pidns", "3"], got
+
+
+def test_missing_kernel_features_refuse_in_one_line():
+    got = _python("-c", _NO_UNSHARE, _CHILD)
+    line = got.stdout.strip()
+    assert line.startswith("MqbenchError the proxy sandbox cannot run here: cannot create "
+                           "namespaces") and "\n" not in line, got
+
+
+_CALLER = """
+import sys, time
+import mqbench.proxy.sandbox as S
+S.run_limited(sum, ([1],), name="x")
+print(S._WORKER.proc.pid, S._WORKER.root, flush=True)
+if sys.argv[1] == "hang":
+    time.sleep(60)
+"""
+
+
+def _gone(pid: int, within: float) -> bool:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True  # exited, not yet reaped by its (dead) parent's reaper
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("how", ["exit", "kill -9"])
+def test_nothing_outlives_the_caller(how):
+    proc = subprocess.Popen([sys.executable, "-c", _CALLER, "hang" if how != "exit" else ""],
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": REPO})
+    worker, root = proc.stdout.readline().split()
+    if how == "kill -9":
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(60)
+    assert _gone(int(worker), 10), f"worker {worker} outlived its caller"
+    end = time.monotonic() + 5
+    while os.path.exists(root) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not os.path.exists(root)  # the scratch mount point too
+
+
+def _square_after(x, delay):
+    time.sleep(delay)
+    return x * x
+
+
+def test_concurrent_calls_get_their_own_results():
+    """Discovery scores candidates from several threads at once through one worker."""
+    args = [(i, 0.05 * (i % 3)) for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda a: run_limited(_square_after, a, name=f"c{a[0]}"), args))
+    assert got == [i * i for i, _ in args]
+
+
+def test_a_killed_worker_fails_the_call_in_one_line_and_restarts():
+    run_limited(sum, ([1],), name="warm")
+    outer = sandbox._WORKER.proc.pid
+    threading.Timer(1.0, os.kill, (outer, signal.SIGKILL)).start()
+    with pytest.raises(MqbenchError, match="worker stopped during the call") as err:
+        run_limited(_sleep, name="victim", timeout=20)
+    assert "\n" not in str(err.value)
+    assert run_limited(sum, ([1, 2],), name="after") == 3  # a fresh worker
+    assert sandbox._WORKER.proc.pid != outer

@@ -21,8 +21,9 @@ sensitivity behind &rho;_sens and the heatmaps), and re-measures a subset under 
 calibration seed (its noise).</p>
 <p>A <dfn>proxy</dfn> is training-free: it sees the full-precision model and one calibration
 batch, never the table. A <em>layer</em> proxy returns one sensitivity s<sub>l</sub> per unit
-and a configuration scores &minus;&Sigma;<sub>l</sub> s<sub>l</sub>&middot;&Vert;
-Q<sub>b<sub>l</sub></sub>(W<sub>l</sub>)&minus;W<sub>l</sub>&Vert;&sup2;
+and a configuration scores
+<span class="nowrap">&minus;&Sigma;<sub>l</sub> s<sub>l</sub>&middot;&Vert;Q<sub>b<sub>l</sub></sub>\
+(W<sub>l</sub>)&minus;W<sub>l</sub>&Vert;&sup2;</span>
 (HAWQ's rule: the quantization error of each layer at its bit-width, weighted by the
 proxy); a <em>layer_bit</em> proxy returns a damage d<sub>l,b</sub> per unit and bit-width and
 a configuration scores &minus;&Sigma;<sub>l</sub> d<sub>l,b<sub>l</sub></sub>; a
@@ -109,7 +110,7 @@ dl.defs dd{margin-left:1.2em}
 dl.spec{display:grid;grid-template-columns:max-content 1fr;gap:.1em 1em}dl.spec dd{margin:0}
 @media (max-width:600px){dl.spec{grid-template-columns:1fr}dl.spec dd{margin-left:1em}}
 figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:13px;color:#555}ul.refs{list-style:none;padding:0}
+figcaption{font-size:13px;color:#555}ul.refs{list-style:none;padding:0}.nowrap{white-space:nowrap}
 p.summary{background:#f7f9fc;padding:.5em .8em;border-left:3px solid #69c}
 #filters{margin:1em 0;display:flex;flex-wrap:wrap;gap:1em}
 """

@@ -139,14 +139,15 @@ def scatter_png(task: str, records: list[Record], table, path) -> None:
         keys = sorted(k for k in r.scores if k in truth.index)
         score = np.array([r.scores[k] for k in keys])
         pct = 100 * (rankdata(score) - 1) / max(1, len(score) - 1)
-        ref = roles[r.proxy] != "proxy"
+        ref = roles[r.proxy] != "proxy"  # baselines and floors in grey
         ax.scatter(pct, y.loc[keys].to_numpy(), s=2, alpha=0.4, linewidths=0,
                    color=DARK if ref else "#1f77b4")
         rho = r.metrics.get(R.RANK_BY)
         title = r.proxy if rho is None else f"{r.proxy}  ρs={rho:.2f}"
-        if roles[r.proxy] != "proxy" or r.proxy in rank.in_sample:
-            title += " (in-sample)" if r.proxy in rank.in_sample else f" ({roles[r.proxy]})"
-        elif floor and rho is not None:
+        tags = [roles[r.proxy]] if roles[r.proxy] != "proxy" else []
+        tags += ["in-sample"] if r.proxy in rank.in_sample else []
+        title += f" ({', '.join(tags)})" if tags else ""
+        if floor and rho is not None and roles[r.proxy] in RANKED_ROLES:
             title += f"\nΔ best floor {rho - floor[1]:+.2f}"
         ax.set_title(title, fontsize=7)
         ax.tick_params(labelsize=6)

@@ -20,6 +20,7 @@ README's leaderboard section is never edited by hand.
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def task_summary(v: V.TaskVerdict) -> str:
 
 
 def _mean(xs) -> float:
-    xs = [x for x in xs if x == x]
+    xs = [x for x in xs if not math.isnan(x)]
     return sum(xs) / len(xs) if xs else float("nan")
 
 
@@ -123,8 +124,8 @@ def conclusion(verdicts: list[V.TaskVerdict], cross: V.CrossTask | None) -> str:
     n = len(verdicts)
     floors = ", ".join(f"{c.stats[c.best_floor].value:.3f} ({v.task}, {c.best_floor})"
                        for v in verdicts for c in [v.comparisons[("all", V.HEADLINE)]])
-    out = [f"A configuration score built from no per-layer sensitivity at all is a strong "
-           f"baseline here: the best structural floor reaches ρs@100% {floors}."]
+    out = [(f"A configuration score built from no per-layer sensitivity at all is a strong "
+           f"baseline here: the best structural floor reaches ρs@100% {floors}.")]
     if cross is not None:
         every = sorted((p for p, (k, m) in cross.beats.items() if k == m == n),
                        key=lambda p: cross.mean_rank.get(p, (99,))[0])
@@ -152,11 +153,12 @@ def conclusion(verdicts: list[V.TaskVerdict], cross: V.CrossTask | None) -> str:
         if moved:
             top = max(moved, key=lambda n: (moved[n], n))
             tops.append(f"{top} {moved[top]:.3f} on {v.task}")
-    if any(g == g for g in gains):
+    if not all(math.isnan(g) for g in gains):
         own = (f"are above the best floor under their own rule for {_names(sorted(above_bit))}"
                if above_bit else "are never above the best floor under their own rule")
-        rise = all(g > 0 for g in gains if g == g)
-        out.append(f"Layer_bit proxies (the EMQ family, OMPQ, bops, bparams) {own}. Scored "
+        rise = all(g > 0 for g in gains if not math.isnan(g))
+        out.append(f"Layer_bit proxies (EMQ's searched proxy and bit-weighted baselines, "
+                   f"OMPQ, bops, bparams) {own}. Scored "
                    f"with the same sensitivity under the perturbation-weighted rule their "
                    f"ρs@100% changes by " + ", ".join(f"{g:+.3f}" for g in gains)
                    + " on average per task (best: " + "; ".join(tops) + ")"
@@ -191,6 +193,11 @@ def conclusion(verdicts: list[V.TaskVerdict], cross: V.CrossTask | None) -> str:
     if room:
         out.append("The additive oracle (the table's own single-layer measurements summed) "
                    "reaches " + "; ".join(room) + ".")
+    draws = [f"{100 * v.random_percentile:.0f}th percentile on {v.task}" for v in verdicts
+             if v.random_percentile is not None]
+    if draws:
+        out.append("The `random` record is a single draw of the random floor: at the "
+                   + ", ".join(draws) + f" of {verdicts[0].random_draws} draws.")
     for v in verdicts:
         c = v.comparisons[("all", V.HEADLINE)]
         for e in v.entries:
@@ -202,7 +209,7 @@ def conclusion(verdicts: list[V.TaskVerdict], cross: V.CrossTask | None) -> str:
             out.append(f"{e.name} leads {v.task} ({c.stats[e.name].value:.3f}), the table it "
                        f"was searched on; out of sample it is "
                        + (", ".join(elsewhere) or "not scored") + ".")
-    if cross is not None and cross.kendall_w == cross.kendall_w:
+    if cross is not None and not math.isnan(cross.kendall_w):
         word = ("largely agree" if cross.kendall_w >= 0.7 else
                 "partly agree" if cross.kendall_w >= 0.4 else "disagree")
         out.append(f"The tasks' rankings {word} (Kendall's W = {cross.kendall_w:.2f}).")
@@ -254,9 +261,9 @@ def readme_section(tasks: list[str], records: dict[str, list[Record]]) -> str:
         if task in verdicts:
             lines += [task_summary(verdicts[task]), "",
                       R.render(task, "verdict", "md", records[task]).rstrip(), "",
-                      f"More: [every metric](leaderboard/tables/{task}_correlation.md), "
+                      (f"More: [every metric](leaderboard/tables/{task}_correlation.md), "
                       f"[aggregation rules](leaderboard/tables/{task}_rules.md), "
-                      f"[downstream](leaderboard/tables/{task}_downstream.md).", ""]
+                      f"[downstream](leaderboard/tables/{task}_downstream.md)."), ""]
         else:
             lines += [R.render(task, "correlation", "md", records[task]).rstrip(), ""]
         lines += [f"![{task} scatter](leaderboard/site/{task}_scatter.png)", ""]

@@ -140,7 +140,7 @@ def check_submission(path: str | Path, opts: SubmitOptions = SubmitOptions(),
         stats.compute_all()  # shipped to the sandbox once, read-only
         captured = []
 
-        def run(fn, args, calls):
+        def run(fn, args, calls, captured=captured):
             return run_limited(fn, args, name=p.name, timeout=calls * opts.timeout,
                                mem_mb=opts.mem_mb, capture=captured)
         try:

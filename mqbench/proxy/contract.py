@@ -133,7 +133,7 @@ def _execute(code: ProxyCode) -> Callable:
         exec(compile(code.source, code.path, "exec"), module.__dict__)  # noqa: S102
     except MqbenchError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the file raises becomes one line
         line = next((f.lineno for f in reversed(_frames(exc)) if f.filename == code.path), None)
         where = f" (line {line})" if line else ""
         first = str(exc).splitlines()[0] if str(exc) else ""
@@ -339,7 +339,7 @@ def damage_matrix(p: Proxy, raw, stats) -> tuple[np.ndarray, np.ndarray]:
     _finite(p, arr)
     (arr,) = _rescaled(arr)
     pert_m = np.asarray(stats.perturbation, dtype=np.float64)
-    per_module = arr.shape[0] == len(modules) and not (len(modules) == len(units))
+    per_module = arr.shape[0] == len(modules) and len(modules) != len(units)
     if p.kind == "layer":
         if per_module:
             terms = arr[:, None] * pert_m

@@ -1,47 +1,49 @@
-"""Run untrusted proxy code confined: a clean process, kernel isolation, limits, plain-data results.
+"""Run untrusted proxy code confined: a clean process, kernel isolation, limits, plain data.
 
 Where the code runs. A forked copy of the caller would hold everything the caller holds (the
 ground-truth table, the discovery context's measured sensitivities, API keys, os.environ),
 and a proxy can walk `gc.get_objects()` or its own stack frames to find them. So untrusted
 code runs in children of a *worker*: a fresh interpreter (`python -I`, minimal environment)
-started once per process, which imports torch and holds only what it is sent: functions by
-reference, their arguments, and read-only views of the statistics (`StatsView`, shipped once
-per `Stats` object). Each call forks a child from the worker, so the statistics are shared
-copy-on-write and a call costs two forks, not an interpreter start.
+started once per caller process, PID 1 of its own PID namespace (as root, or inside an
+unprivileged user namespace), holding only what it is sent: functions by reference, their
+arguments and read-only views of the statistics (`StatsView`, shipped once per `Stats`).
+Each call forks one child from the worker (the statistics are shared copy-on-write), which
+confines itself before the untrusted call, in this order:
 
-Per call, an intermediate process enters new PID, mount, network and IPC namespaces (as root,
-or through an unprivileged user namespace) and mounts a size-capped tmpfs as the scratch
-directory; the child it forks is PID 1 of that namespace, so it sees no other process, cannot
-signal the caller, and when it ends the kernel kills everything it started. Before the
-untrusted call the child then, in order:
+1. its own session; /dev/null as stdin, pipes as stdout/stderr (captured and returned to
+   the caller apart from any verdict); every other descriptor closed; a minimal os.environ;
+2. new mount, network and IPC namespaces, and a size-capped tmpfs (`disk_mb`) mounted as
+   its scratch directory (TMPDIR, HOME, cwd), invisible to the host and gone with the call;
+3. Python's, NumPy's and torch's global generators reseeded from the OS, so unseeded
+   randomness shows up as non-determinism across calls;
+4. rlimits: CPU time, file size (= the scratch cap), descriptors; not dumpable (no core);
+5. Landlock: reads only beneath the Python installation, the mqbench package (not the
+   repository), system library folders, its own /proc entry and a few devices; writes only
+   beneath the scratch and /dev/null. With ABI >= 4 TCP is denied too, with ABI >= 6
+   abstract Unix sockets and signals leaving the domain;
+6. every capability dropped (bounding and ambient sets too), no_new_privs;
+7. seccomp: no socket() at all (so no pathname Unix-socket connect), no new processes
+   (fork, vfork, exec, clone without CLONE_THREAD; threads still work), signals only to
+   itself, no memfd / SysV / POSIX shared memory (memory the address-space limit would not
+   see), no io_uring, ptrace, process_vm_*, pidfd, bpf, perf, keyrings, mounts, namespaces,
+   modules, handles (open_by_handle_at), clocks, swap or reboot;
+8. a `sys.addaudithook` layer giving the one-line messages ("network access", "writing X
+   (outside the scratch directory)", "reading X", "starting a process", "sending signal");
+   a refused write, network use, process, signal or read of ground truth / home / /etc
+   fails the call even if the code catches the PermissionError. It is for the messages:
+   code in the same interpreter can get around it (ctypes, gc), the kernel layers cannot;
+9. an address-space limit of `mem_mb` above what the worker already maps.
 
-1. gets its own session, /dev/null as stdin, pipes as stdout/stderr (captured, returned to
-   the caller separately from any verdict) and closes every other descriptor;
-2. reseeds Python's, NumPy's and torch's global generators from the OS (so unseeded
-   randomness shows up as non-determinism across calls);
-3. sets rlimits: CPU time, file size (= the scratch cap), descriptors, no core dumps;
-4. Landlock: reads only beneath the Python installation, the mqbench package, system library
-   folders, /proc/self and a few devices; writes only beneath the scratch tmpfs and /dev/null.
-   Tables, caches, task artifacts, records, /etc and home folders are unreadable. With ABI >= 4
-   TCP is also denied, with ABI >= 6 abstract Unix sockets and signals outside the sandbox;
-5. drops every capability and sets no_new_privs;
-6. a seccomp filter: no sockets at all (so no pathname Unix-socket connects), no new
-   processes (fork, vfork, exec, non-thread clone), no memfd / SysV / POSIX shared memory
-   (memory the address-space limit would not see), no io_uring, ptrace, process_vm_*, bpf,
-   perf, keyrings, mounts, namespaces, modules, handles (open_by_handle_at), clocks or reboot;
-7. a `sys.addaudithook` layer whose refusals give the one-line messages ("network access",
-   "writing X (outside the scratch directory)", "reading X ...", "starting a process") and
-   fail the call even if the code catches the PermissionError;
-8. an address-space limit (`mem_mb` above what the worker already maps).
+Since the child can start no process, it has no descendants: when it ends, nothing of the
+call is left; when the worker ends, the kernel kills whatever is left in its namespace. The
+result travels back as JSON behind a fixed header through a pipe the caller reads with
+poll() against the deadline: never pickle, never a blocking read. The caller decodes it and
+the proxy contract (mqbench.proxy.contract) validates it. At the deadline the caller kills
+the child through a pidfd.
 
-The result travels back as JSON behind a fixed header, through a pipe the caller reads with
-select() until the deadline: never pickle, never a blocking read. The caller decodes and the
-proxy contract (mqbench.proxy.contract) validates it. At the deadline the caller kills the
-intermediate; the child follows (parent-death signal) and takes its namespace with it.
-
-The kernel features are required: where one is missing, every call fails with one line
-saying which (`layers()` lists what this machine applies). The isolation does not cover CPU
-side channels or timing, and a proxy can still burn its whole time and memory allowance.
+The kernel features are required, not optional: where one is missing every call fails with
+one line saying which (`layers()` lists what this machine applies). Not covered: CPU side
+channels and timing, and a proxy may use all of its time and memory allowance.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ import numpy as np
 import torch
 
 from mqbench.errors import MqbenchError
-from mqbench.paths import cache_dir, leaderboard_dir, task_dirs
+from mqbench.paths import REPO_ROOT, cache_dir, leaderboard_dir, task_dirs
 from mqbench.proxy.context import Stats
 
 MAX_RESULT_BYTES = 64 << 20  # a config proxy's scores for a large table are a few MB
@@ -183,7 +185,7 @@ _DENIED = ("socketpair", "execve", "execveat", "fork", "vfork", "ptrace", "proce
            "fanotify_init", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount",
            "open_tree", "mount_setattr", "vhangup", "lookup_dcookie", "uselib")
 _SYSCALLS = {
-    "x86_64": (0xC000003E, dict(
+    "x86_64": (0xC000003E, dict(  # noqa: C408 - names read better than quoted keys
         socket=41, clone=56, clone3=435, capset=126, kill=62, tkill=200, tgkill=234,
         rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, socketpair=53, execve=59, execveat=322,
         fork=57, vfork=58, ptrace=101, process_vm_readv=310, process_vm_writev=311,
@@ -200,7 +202,7 @@ _SYSCALLS = {
         fanotify_init=300, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
         move_mount=429, open_tree=428, mount_setattr=442, vhangup=153, lookup_dcookie=212,
         uselib=134)),
-    "aarch64": (0xC00000B7, dict(
+    "aarch64": (0xC00000B7, dict(  # noqa: C408
         socket=198, clone=220, clone3=435, capset=91, kill=129, tkill=130, tgkill=131,
         rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, socketpair=199, execve=221,
         execveat=281, ptrace=117, process_vm_readv=270, process_vm_writev=271,
@@ -287,29 +289,6 @@ def _enter_namespaces(scratch: str, disk_mb: int) -> list[str]:
         raise _Unavailable(f"cannot mount a size-capped tmpfs scratch: "
                            f"{os.strerror(ctypes.get_errno())}")
     return ["mountns", "netns", "ipcns", f"tmpfs-scratch-{disk_mb}m"]
-
-
-def _enter_pid_namespace() -> str:
-    """(The worker, before anything else) a PID namespace, inside a user namespace if needed.
-
-    Returns the layer's name; the caller must fork: its child is PID 1 of the namespace.
-    """
-    libc = _libc()
-    uid, gid = os.geteuid(), os.getegid()
-    if libc.unshare(_CLONE_NEWPID) == 0:
-        return "pidns"
-    err = ctypes.get_errno()
-    if err != errno.EPERM:
-        raise _Unavailable(f"unshare(CLONE_NEWPID) failed: {os.strerror(err)}")
-    # not root: the same, inside an unprivileged user namespace (mapped to our own uid)
-    if libc.unshare(_CLONE_NEWPID | _CLONE_NEWUSER) != 0:
-        raise _Unavailable("cannot create namespaces: not root and unprivileged user "
-                           f"namespaces are disabled ({os.strerror(ctypes.get_errno())})")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
-                       ("gid_map", f"0 {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
-    return "userns+pidns"
 
 
 def _landlock(reads: list[str], scratch: str) -> int:
@@ -528,13 +507,17 @@ def read_roots() -> list[str]:
 
 
 def secret_places() -> list[str]:
-    """Where a read attempt fails the whole call: ground truth, the home folder, /etc."""
-    places = [cache_dir(), leaderboard_dir(), *task_dirs(), Path.home(), "/etc", "/root"]
+    """Where a read attempt fails the whole call: ground truth (the cache, the leaderboard,
+    task folders, the repository), the home folder, /etc."""
+    places = [cache_dir(), leaderboard_dir(), *task_dirs(), REPO_ROOT, "/etc", "/root"]
+    home = os.path.expanduser("~")
+    if home != "~":  # no HOME and no passwd entry: nothing more to add
+        places.append(home)
     return sorted({os.path.realpath(p) for p in places})
 
 
 # --------------------------------------------------------------------------- child side
-_APPLIED: list[str] = []  # layers the intermediate and the child applied (read by layers())
+_APPLIED: list[str] = []  # layers the worker and the child applied (read by layers())
 
 
 def _plain(value, depth: int = 0):
@@ -577,8 +560,16 @@ def _where(exc: BaseException) -> str:
     return f" ({os.path.basename(frame.filename)} line {frame.lineno})"
 
 
+def _message(exc: BaseException) -> str:
+    """str(exc), which for an untrusted exception may itself raise."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001
+        return "(its message could not be read)"
+
+
 def _is_memory(exc: BaseException) -> bool:
-    text = str(exc)
+    text = _message(exc)
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
         s in text for s in ("can't allocate memory", "not enough memory", "out of memory")))
 
@@ -607,7 +598,14 @@ def _write_result(result: dict) -> None:
 
 
 def _child(fn, args, req: dict, fds: tuple[int, int, int]) -> None:
-    """(Forked from the worker) confine, call, write the result, exit."""
+    """(Forked from the worker) confine, call, write the result, exit; never returns."""
+    try:
+        _confined_call(fn, args, req, fds)
+    finally:
+        os._exit(0)  # whatever happened, never fall back into the worker's loop
+
+
+def _confined_call(fn, args, req: dict, fds: tuple[int, int, int]) -> None:
     violations: list[str] = []
     result: dict
     try:
@@ -620,9 +618,9 @@ def _child(fn, args, req: dict, fds: tuple[int, int, int]) -> None:
         for src, dst in ((null, 0), (out, 1), (err, 2), (res, RESULT_FD)):
             os.dup2(src, dst)
         os.closerange(RESULT_FD + 1, 1 << 16)
-        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace",
+        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace",  # noqa: SIM115
                           closefd=False)
-        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace",
+        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace",  # noqa: SIM115
                           closefd=False)
         scratch = req["scratch"]
         if req["confine"]:
@@ -662,22 +660,23 @@ def _child(fn, args, req: dict, fds: tuple[int, int, int]) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except _Unavailable as exc:
         _write_result({"status": "unavailable", "message": str(exc)})
-        os._exit(0)
+        return
     except BaseException as exc:  # noqa: BLE001 - our own setup failed: say so, one line
         _write_result({"status": "unavailable", "message": f"sandbox setup failed: "
                        f"{type(exc).__name__}: {exc}"})
-        os._exit(0)
+        return
     try:
         result = {"status": "ok", "value": _plain(fn(*args))}
     except MqbenchError as exc:
-        result = {"status": "mqbench", "message": str(exc)}
+        result = {"status": "mqbench", "message": _message(exc)}
     except BaseException as exc:  # noqa: BLE001 - report anything the untrusted code raised
         if _is_memory(exc):
             result = {"status": "memory"}
         elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
             result = {"status": "disk"}
         else:
-            first = str(exc).splitlines()[0] if str(exc) else ""
+            text = _message(exc)
+            first = text.splitlines()[0] if text else ""
             result = {"status": "error", "message": f"{type(exc).__name__}: {first}"
                                                     f"{_where(exc)}"}
     if violations:  # refused even if the code swallowed the PermissionError
@@ -690,7 +689,6 @@ def _child(fn, args, req: dict, fds: tuple[int, int, int]) -> None:
     _write_result(result)
     for fd in (1, 2, RESULT_FD):  # the caller has everything; it need not wait for our exit
         os.close(fd)
-    os._exit(0)
 
 
 # --------------------------------------------------------------------------- worker protocol
@@ -699,11 +697,12 @@ _FRAME = struct.Struct("!4sQI")  # magic, body length, number of descriptors
 
 def _send(sock: socket.socket, body: bytes, fds: tuple[int, ...] = ()) -> None:
     head = _FRAME.pack(b"MQW1", len(body), len(fds))
+    # MSG_NOSIGNAL: a dead peer is an error here, never a SIGPIPE for the whole process
     if fds:
-        socket.send_fds(sock, [head], list(fds))
+        socket.send_fds(sock, [head], list(fds), socket.MSG_NOSIGNAL)
     else:
-        sock.sendall(head)
-    sock.sendall(body)
+        sock.sendall(head, socket.MSG_NOSIGNAL)
+    sock.sendall(body, socket.MSG_NOSIGNAL)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -736,10 +735,41 @@ class _Ref:
     token: int
 
 
+# The worker's first lines, before any import: a user namespace can only be entered while
+# the process is single-threaded, and importing torch starts threads. argv: sys.path (JSON),
+# the socket's descriptor. The creator of the PID namespace waits; its child is PID 1.
+_BOOT = r"""
+import ctypes, errno, json, os, sys
+sys.path[:] = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+NEWPID, NEWUSER = 0x20000000, 0x10000000
+uid, gid = os.geteuid(), os.getegid()
+if libc.unshare(NEWPID) == 0:
+    layer = "pidns"
+elif ctypes.get_errno() != errno.EPERM:
+    layer = "unavailable: unshare(CLONE_NEWPID) failed: " + os.strerror(ctypes.get_errno())
+elif libc.unshare(NEWPID | NEWUSER) != 0:
+    layer = ("unavailable: cannot create namespaces: no privilege (not root) and user "
+             "namespaces are disabled (" + os.strerror(ctypes.get_errno()) + ")")
+else:
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                       ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+    layer = "userns+pidns"
+if not layer.startswith("unavailable"):
+    inner = os.fork()
+    if inner:
+        os.close(int(sys.argv[2]))
+        os._exit(os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1]) & 0xFF)
+    libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL: die with the creator
+from mqbench.proxy.sandbox import worker_main
+worker_main(int(sys.argv[2]), layer)
+"""
 _WORKER_LAYER = "clean-worker"
 
 
-def worker_main(fd: int) -> None:
+def worker_main(fd: int, layer: str) -> None:
     """The worker: PID 1 of its own PID namespace; stores views, forks one child per call.
 
     Every child is confined by itself before running untrusted code; when the worker ends
@@ -749,17 +779,9 @@ def worker_main(fd: int) -> None:
     global _WORKER_LAYER
     sock = socket.socket(fileno=fd)
     reply = functools.partial(_send, sock)  # replies are JSON: nothing is unpickled upstream
-    try:
-        layer = _enter_pid_namespace()
-    except _Unavailable as exc:
-        reply(json.dumps({"unavailable": str(exc)}).encode())
+    if layer.startswith("unavailable: "):
+        reply(json.dumps({"unavailable": layer.split(": ", 1)[1]}).encode())
         os._exit(0)
-    inner = os.fork()
-    if inner:  # the namespace's creator: wait for its PID 1, then leave
-        sock.close()
-        os.waitpid(inner, 0)
-        os._exit(0)
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     _WORKER_LAYER = f"clean-worker+{layer}"
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -817,7 +839,7 @@ def worker_main(fd: int) -> None:
                 res, out, err, status = fds
                 pid = os.fork()
                 if pid == 0:
-                    _child(fn, args, req, (res, out, err))
+                    _child(fn, args, req, (res, out, err))  # exits
                 status_of[pid] = status
                 keep = (status,)
                 pidfd = os.pidfd_open(pid)
@@ -832,6 +854,9 @@ def worker_main(fd: int) -> None:
                 if f not in keep:
                     os.close(f)
         reap()
+    root = os.getcwd()  # the caller's mqbench-sandbox-* folder: gone even if it was killed
+    if os.path.basename(root).startswith("mqbench-sandbox-"):
+        shutil.rmtree(root, ignore_errors=True)
     os._exit(0)
 
 
@@ -845,14 +870,12 @@ class _Worker:
         self.scratch = os.path.join(self.root, "scratch")
         os.mkdir(self.scratch, 0o700)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        boot = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
-                "from mqbench.proxy.sandbox import worker_main; worker_main(int(sys.argv[2]))")
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.root,
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         if "LD_LIBRARY_PATH" in os.environ:  # some installs find torch's libraries this way
             env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", boot, json.dumps(sys.path), str(theirs.fileno())],
+            [sys.executable, "-I", "-c", _BOOT, json.dumps(sys.path), str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), env=env, cwd=self.root, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
@@ -863,7 +886,7 @@ class _Worker:
         ours.settimeout(300)  # importing torch on a cold disk
         try:
             reply = self._reply()
-        except (EOFError, OSError, socket.timeout):
+        except (EOFError, OSError, TimeoutError):
             self.close()
             raise MqbenchError("the proxy sandbox's worker process did not start; run "
                                "`python -c 'import mqbench.proxy.sandbox'` to see why") from None
@@ -918,7 +941,8 @@ class _Worker:
         if "pid" not in reply or len(got) != 1:
             for f in got:
                 os.close(f)
-            raise MqbenchError(f"the sandbox could not start {name!r}: {reply.get('error')}")
+            raise MqbenchError(f"the sandbox could not load {name!r} ({reply.get('error')}); "
+                               f"pass a proxy file or a function importable by module name")
         return got[0]  # a pidfd: signals reach that child and no recycled pid
 
     def close(self) -> None:
@@ -1114,12 +1138,15 @@ def run_limited(fn, args=(), *, name: str, timeout: float = 60.0, mem_mb: int = 
         raise MqbenchError(_one_line(result.get("message", "")))
     if kind == "error":
         raise MqbenchError(f"proxy {name!r} raised {_one_line(result.get('message', ''))}")
-    code = os.waitstatus_to_exitcode(status["wait"]) if "wait" in status else None
-    if code is not None and code < 0:
+    if "wait" not in status:
+        raise MqbenchError(f"proxy {name!r}: the sandbox's worker stopped during the call; "
+                           f"run again")
+    code = os.waitstatus_to_exitcode(status["wait"])
+    if code < 0:
         sig = -code
         why = f"was killed by signal {sig} ({signal.Signals(sig).name})"
         if sig in (signal.SIGXCPU, signal.SIGKILL):
-            why += f"; over its CPU-time limit or out of memory (raise --timeout or --mem-mb)"
+            why += "; over its CPU-time limit or out of memory (raise --timeout or --mem-mb)"
         raise MqbenchError(f"proxy {name!r} {why} before returning a result")
     raise MqbenchError(f"proxy {name!r} exited ({code}) before returning a result")
 

@@ -8,7 +8,7 @@ Its canonical key, e.g. ``w:4.2.3|a:8.8.8``, is parsed, never eval()'d.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,16 +150,42 @@ def sample_configs(space: Space, n: int, strata: int, seed: int) -> list[BitConf
     largest model) is below its quota. Strata that cannot be filled are topped up from the
     others; a space smaller than n is returned whole.
     """
+    return _stratified(space, [n], strata, seed, lambda cfg: 0)
+
+
+def sample_by_damage(space: Space, n: int, strata: int, seed: int,
+                     damage: Callable[[BitConfig], float], limit: float,
+                     broken_share: float) -> list[BitConfig]:
+    """n configurations, most of them predicted usable: `damage(cfg) <= limit`.
+
+    Same draws and size stratification as `sample_configs`, sorted into two pools by the
+    predicted damage: round(n * broken_share) configurations come from the predicted-broken
+    pool (a documented minority, so the table still holds broken ones), the rest from the
+    predicted-usable pool. A pool that cannot be filled is topped up from the other.
+    """
+    broken = int(round(n * broken_share))
+    return _stratified(space, [n - broken, broken], strata, seed,
+                       lambda cfg: int(damage(cfg) > limit))
+
+
+def _stratified(space: Space, wanted: list[int], strata: int, seed: int,
+                pool_of: Callable[[BitConfig], int]) -> list[BitConfig]:
+    """Dirichlet draws, each accepted into its pool's size stratum while under quota."""
     rng = np.random.default_rng(seed)
     wb, ab = np.array(space.weight_bits), np.array(space.act_bits)
     n_units = len(space.units)
     total = len(wb) ** n_units * len(ab) ** n_units
     uniform = {space.uniform(b, a).key for b in space.weight_bits for a in space.act_bits}
-    n = min(n, total - len(uniform))
+    n = min(sum(wanted), total - len(uniform))
+    if n < sum(wanted):  # the space is smaller than asked for: take it whole, pools aside
+        wanted = [n] + [0] * (len(wanted) - 1)
+        pool_of = (lambda cfg: 0)
     lo, hi = space.size_bits(space.uniform(wb[0])), space.size_bits(space.uniform(wb[-1]))
-    quota = [n // strata + (1 if i < n % strata else 0) for i in range(strata)]
+    quota = [[k // strata + (1 if i < k % strata else 0) for i in range(strata)]
+             for k in wanted]
+    have = [0] * len(wanted)
     chosen: dict[str, BitConfig] = {}
-    overflow: list[BitConfig] = []
+    overflow: list[list[BitConfig]] = [[] for _ in wanted]
     for _ in range(400 * n + 1000):
         if len(chosen) >= n:
             break
@@ -168,14 +194,23 @@ def sample_configs(space: Space, n: int, strata: int, seed: int) -> list[BitConf
         cfg = BitConfig(tuple(int(b) for b in w), tuple(int(b) for b in a))
         if cfg.key in chosen or cfg.key in uniform:
             continue
+        k = pool_of(cfg)
         s = int((space.size_bits(cfg) - lo) / max(hi - lo, 1) * strata)
         s = min(max(s, 0), strata - 1)
-        if quota[s] > 0:
-            quota[s] -= 1
+        if quota[k][s] > 0:
+            quota[k][s] -= 1
+            have[k] += 1
             chosen[cfg.key] = cfg
-        elif len(overflow) < n:
-            overflow.append(cfg)
-    for cfg in overflow:
+        elif len(overflow[k]) < n:  # spares: they may top up another pool too
+            overflow[k].append(cfg)
+    for k in range(len(wanted)):  # unfilled strata: the pool's own spare draws first
+        for cfg in overflow[k]:
+            if have[k] >= wanted[k]:
+                break
+            if cfg.key not in chosen:
+                chosen[cfg.key] = cfg
+                have[k] += 1
+    for cfg in (c for spare in overflow for c in spare):  # then any pool's
         if len(chosen) >= n:
             break
         chosen.setdefault(cfg.key, cfg)

@@ -24,10 +24,10 @@ the order rows were stored in). `in_sample` reads proxies/IN_SAMPLE.toml.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 
 import numpy as np
+import tomllib
 
 from mqbench.errors import MqbenchError
 from mqbench.paths import proxy_dirs
@@ -78,11 +78,11 @@ def usable_mask(table: Table, rows) -> tuple[np.ndarray, str]:
     if table.task.is_lm:
         limit = float(fp.loss) + math.log(USABLE_PPL_RATIO)
         return (rows.loss.to_numpy() <= limit), (
-            f"perplexity within {100 * (USABLE_PPL_RATIO - 1):.0f}% of full precision "
-            f"({math.exp(fp.loss):.2f})")
+            f"perplexity within {100 * (USABLE_PPL_RATIO - 1):.0f}% of full precision's "
+            f"{math.exp(fp.loss):.2f}")
     return (rows.acc.to_numpy() >= float(fp.acc) - USABLE_ACC_DROP), (
-        f"accuracy within {100 * USABLE_ACC_DROP:.0f} points of full precision "
-        f"({float(fp.acc):.3f})")
+        f"accuracy within {100 * USABLE_ACC_DROP:.0f} points of full precision's "
+        f"{float(fp.acc):.3f}")
 
 
 def load_task_data(task: Task) -> TaskData:

@@ -125,7 +125,8 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
     space = bench.space
     stats = Stats(bench)
     stats.compute_all()  # the sandbox gets a read-only view of them, shipped once
-    configs = table.configs()
+    configs = table.configs().sort_values("key", kind="stable").reset_index(drop=True)
+    # (key order: bootstrap resamples, hence CIs, do not depend on how the table was built)
     keys = configs.key.to_numpy()
     cfg_list = [BitConfig.from_key(k) for k in keys]
 

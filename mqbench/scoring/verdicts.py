@@ -79,7 +79,7 @@ class Stat:
     delta_lo: float
     delta_hi: float
     p_floor: float  # Holm-adjusted two-sided p of delta (NaN for floors and oracles)
-    verdict: str  # "above", "below", "at floor" ("" for floors and oracles)
+    verdict: str  # "above", "below", "at floor", "n/a" (undefined); "" for floors, oracles
     p_best: float  # Holm-adjusted p of best − value (NaN for the best and unranked rows)
     tied_best: bool  # the best, or not significantly below it (ranked proxies only)
     at_ceiling: bool  # the interval reaches the noise ceiling
@@ -168,6 +168,11 @@ def task_verdict(task: str, records: list[Record], resamples: int = RESAMPLES) -
     return _CACHE[key]
 
 
+def clear_cache() -> None:
+    """Forget memoised verdicts (the next call recomputes them from the records)."""
+    _CACHE.clear()
+
+
 def _entries(data: F.TaskData, records: list[Record]) -> tuple[list[Entry], dict[str, str]]:
     entries, excluded = [], {}
     keyset = set(data.keys.tolist())
@@ -213,8 +218,10 @@ def _compare(scope: str, metric: str, entries: list[Entry], truth, keys, counts,
     rt = RS.Ranking(truth)
     point = {e.name: _point(metric, e.scores[sel], truth, keys) for e in entries}
     draws = {e.name: _metric(metric, e.scores[sel], truth, keys, counts, rt) for e in entries}
-    floors = [n for n in F.FLOORS if math.isfinite(point[n])]
-    best_floor = max(floors, key=lambda n: (point[n], n == "uniform"))
+    # the best floor; with none defined (too few configurations) `uniform` stands in
+    best_floor = max(F.FLOORS, key=lambda n: (math.isfinite(point[n]),
+                                             point[n] if math.isfinite(point[n]) else 0,
+                                             n == "uniform"))
     ranked = [e.name for e in entries if e.ranked and math.isfinite(point[e.name])]
     best = max(ranked, key=lambda n: (point[n], n)) if ranked else None
     proxies = [e.name for e in entries if e.role == "proxy"]
@@ -234,7 +241,8 @@ def _compare(scope: str, metric: str, entries: list[Entry], truth, keys, counts,
         pf = p_floor.get(n, math.nan)
         verdict = ""
         if e.role == "proxy":
-            verdict = ("above" if pf < ALPHA and delta > 0 else
+            verdict = ("n/a" if not math.isfinite(pf) else
+                       "above" if pf < ALPHA and delta > 0 else
                        "below" if pf < ALPHA and delta < 0 else "at floor")
         pb = p_best.get(n, math.nan)
         tied = e.ranked and (n == best or not (pb < ALPHA))

@@ -44,7 +44,10 @@ class Split:
 
     def subset(self, n: int, seed: int) -> "Split":
         """A seeded random subset of n samples (all of them when n is 0 or too large)."""
-        idx = subset_indices(len(self), n, seed)
+        return self.take(subset_indices(len(self), n, seed))
+
+    def take(self, idx: torch.Tensor | None) -> Split:
+        """The samples at `idx`, in that order (all of them when idx is None)."""
         return self if idx is None else Split(self.x[idx], self.y[idx])
 
 
@@ -53,6 +56,30 @@ def subset_indices(total: int, n: int, seed: int) -> torch.Tensor | None:
     if n <= 0 or n >= total:
         return None
     return torch.from_numpy(np.random.default_rng(seed).permutation(total)[:n])
+
+
+# Salts that make the protocol-2 index draws independent of every other seeded draw.
+HOLDOUT_SALT, HALVES_SALT = 0x5EA4C4, 0x4A1F
+
+
+def holdout(total: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split range(total) into a seeded held-out set of n indices and the rest (both sorted).
+
+    Protocol 2 holds its validation samples out of the training split this way: the model
+    is trained, and calibrated, on the rest only.
+    """
+    if not 0 < n < total:
+        raise MqbenchError(f"cannot hold out {n} of {total} samples; choose 0 < n < {total}")
+    perm = np.random.default_rng([seed, HOLDOUT_SALT]).permutation(total)
+    return (torch.from_numpy(np.sort(perm[:n])), torch.from_numpy(np.sort(perm[n:])))
+
+
+def halves(total: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint seeded halves of positions range(total) (sorted; the second gets the odd
+    one out): protocol 2 measures every row on each half to get the test-sample noise."""
+    perm = np.random.default_rng([seed, HALVES_SALT]).permutation(total)
+    return (torch.from_numpy(np.sort(perm[:total // 2])),
+            torch.from_numpy(np.sort(perm[total // 2:])))
 
 
 def normalization(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,10 +114,26 @@ def load_split(spec: DataSpec, split: str, n: int = 0, seed: int = 0) -> Split:
     Large datasets decode only the chosen images, so a 1,024-image calibration set never
     reads the whole ImageNet training folder.
     """
+    return load_indexed(spec, split, lambda total: subset_indices(total, n, seed))
+
+
+def load_indexed(spec: DataSpec, split: str,
+                 pick: Callable[[int], torch.Tensor | None]) -> Split:
+    """Load the samples `pick(len(split))` chooses (None = all), in that order.
+
+    Only the chosen images are decoded where the loader can (ImageNet), as in `load_split`.
+    """
     info = DATASETS[spec.dataset]
     if info.subsets:
-        return info.load(spec, split, n, seed)
-    return info.load(spec, split).subset(n, seed)
+        return info.load(spec, split, pick)
+    data = info.load(spec, split)
+    return data.take(pick(len(data)))
+
+
+def split_size(spec: DataSpec, split: str) -> int | None:
+    """How many samples `split` holds, when the dataset table knows it without loading."""
+    info = DATASETS[spec.dataset]
+    return dict(info.sizes).get(info.canonical(split) or "")
 
 
 def _text(spec: DataSpec, split: str) -> Split:
@@ -178,7 +221,7 @@ def _stack(images, labels, transform) -> Split:
     return Split(torch.stack(xs), torch.tensor(labels, dtype=torch.int64))
 
 
-def _imagenet_folder(spec: DataSpec, split: str, n: int, seed: int) -> Split:
+def _imagenet_folder(spec: DataSpec, split: str, pick) -> Split:
     """ImageNet laid out as ROOT/{train,val}/<wnid>/*.JPEG (torchvision ImageFolder)."""
     from torchvision.datasets import ImageFolder  # lazy: torchvision only for CIFAR/ImageNet tasks
 
@@ -188,7 +231,7 @@ def _imagenet_folder(spec: DataSpec, split: str, n: int, seed: int) -> Split:
         raise MqbenchError(f"ImageNet folder {folder} not found; pass --data-dir pointing at a "
                            f"folder with train/ and {split}/ subfolders of class folders")
     ds = ImageFolder(str(folder))
-    idx = subset_indices(len(ds.samples), n, seed)
+    idx = pick(len(ds.samples))
     chosen = [ds.samples[i] for i in (range(len(ds.samples)) if idx is None else idx.tolist())]
     from PIL import Image  # lazy: Pillow only for the Hugging Face ImageNet loader
 
@@ -200,7 +243,7 @@ def _imagenet_folder(spec: DataSpec, split: str, n: int, seed: int) -> Split:
     return _stack(images(), [t for _, t in chosen], _imagenet_transform(spec.image_size))
 
 
-def _imagenet_hf(spec: DataSpec, split: str, n: int, seed: int) -> Split:
+def _imagenet_hf(spec: DataSpec, split: str, pick) -> Split:
     """ImageNet from Hugging Face `datasets` (a hub id or a local path), columns image/label."""
     try:
         import datasets  # lazy: optional extra `hf`, and slow to import
@@ -216,7 +259,7 @@ def _imagenet_hf(spec: DataSpec, split: str, n: int, seed: int) -> Split:
         raise MqbenchError(f"could not load Hugging Face dataset {name!r} split {hf_split!r} "
                            f"({type(exc).__name__}); log in and download it once, or pass a "
                            f"local copy with --data-dir") from None
-    idx = subset_indices(len(ds), n, seed)
+    idx = pick(len(ds))
     if idx is not None:
         ds = ds.select(idx.tolist())
     # Rows are decoded one at a time: `ds["image"]` would decode the whole column at once in
@@ -230,24 +273,44 @@ class Dataset:
     """One dataset a task may name in `data.dataset`: what it is and how to load it."""
 
     name: str
-    load: Callable  # (spec, split) -> Split, or (spec, split, n, seed) when `subsets`
+    load: Callable  # (spec, split) -> Split, or (spec, split, pick) when `subsets`
     text: bool = False  # token windows: the task is a causal LM
     classes: int = 0  # image datasets: label count (text: the tokenizer's vocabulary)
     mean: tuple[float, ...] = ()  # channel statistics used to normalise inputs
     std: tuple[float, ...] = ()
-    subsets: bool = False  # the loader decodes only the chosen n samples itself
+    subsets: bool = False  # the loader decodes only the samples `pick(total)` chooses itself
+    # Which split names load which data: splits the loader tells apart (() = any folder
+    # name is its own split), other names it maps onto them, and known split sizes. Protocol
+    # 2 checks a task's validation and test sets against these before any work starts.
+    splits: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    sizes: tuple[tuple[str, int], ...] = ()
+
+    def canonical(self, split: str) -> str | None:
+        """The split `split` loads (aliases resolved); None if the dataset has no such split."""
+        split = dict(self.aliases).get(split, split)
+        return split if not self.splits or split in self.splits else None
 
 
 # The one table of datasets: adding a dataset is one entry here (and its loader above).
+_TRAIN_TEST = ("train", "test")
+_TEXT = {"text": True, "splits": ("train", "validation", "test"),
+         "aliases": (("val", "validation"),)}
 DATASETS = {d.name: d for d in (
-    Dataset("digits", _digits, classes=10, mean=(0.3,), std=(0.37,)),
-    Dataset("fashion-mnist", _fashion_mnist, classes=10, mean=(0.2860,), std=(0.3530,)),
+    Dataset("digits", _digits, classes=10, mean=(0.3,), std=(0.37,), splits=_TRAIN_TEST,
+            sizes=(("train", 1297), ("test", 500))),
+    Dataset("fashion-mnist", _fashion_mnist, classes=10, mean=(0.2860,), std=(0.3530,),
+            splits=_TRAIN_TEST, aliases=(("t10k", "test"),),
+            sizes=(("train", 60000), ("test", 10000))),
     Dataset("cifar10", _cifar10, classes=10, mean=(0.4914, 0.4822, 0.4465),
-            std=(0.2470, 0.2435, 0.2616)),
+            std=(0.2470, 0.2435, 0.2616), splits=_TRAIN_TEST,
+            sizes=(("train", 50000), ("test", 10000))),
     Dataset("imagenet-folder", _imagenet_folder, classes=1000, mean=IMAGENET_MEAN,
             std=IMAGENET_STD, subsets=True),
+    # the loader reads "val" and "test" both from the hub's validation split
     Dataset("imagenet-hf", _imagenet_hf, classes=1000, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-            subsets=True),
-    Dataset("python-docs", _text, text=True),
-    Dataset("wikitext2", _text, text=True),
+            subsets=True, splits=("train", "validation"),
+            aliases=(("val", "validation"), ("test", "validation"))),
+    Dataset("python-docs", _text, **_TEXT),
+    Dataset("wikitext2", _text, **_TEXT),
 )}

@@ -3,6 +3,9 @@
 A task names a model, a dataset, the quantizable layers (by module name, with tied layers),
 the bit-width choices, quantizer settings, calibration/evaluation sizes and the table's
 sampling plan. Any change in behaviour bumps `version`; tables and caches are keyed by it.
+`table.protocol` picks the ground-truth protocol: 1 (the original tables) or 2 (separate
+validation and test sets, split-half noise, per-layer noise, damage-stratified sampling);
+see `mqbench.truth.protocol2` and `tasks/protocol2/README.md`.
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ class DataSpec:
     tokenizer: str = ""  # "" = a BPE tokenizer trained by mqbench on the train split
     vocab_size: int = 0  # size of that trained tokenizer
     corpus_sha256: str = ""  # pins the corpus the task was built on ("" = not pinned)
+    # Protocol 2: the validation (search) set. "train" holds val_samples out of the training
+    # split (the model never trains or calibrates on them); another split name (text:
+    # "validation") takes val_samples of that split (0 = all of it).
+    val_split: str = ""
+    val_samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,12 @@ class TableSpec:
     noise_configs: int = 100
     noise_seed: int = 1
     batch_size: int = 128  # small batches stay in CPU cache: fastest for the bundled models
+    protocol: int = 1  # 1: the original tables; 2: see the module docstring
+    # Protocol 2 only:
+    sampling: str = "size"  # size: stratified by model size (protocol 1's sampler) |
+    #                         damage: mostly configurations the per-layer rows predict usable
+    broken_share: float = 0.1  # damage sampling: share drawn among predicted-broken ones
+    split_half: bool = True  # measure every row on two disjoint halves of the test set
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,7 @@ _CHOICES = {
     ("data", "dataset"): tuple(DATASETS),
     ("quant", "weight_clip"): ("mse", "max"),
     ("quant", "act_clip"): ("mse", "minmax"),
+    ("table", "sampling"): ("size", "damage"),
 }
 _SECTION_NAMES = {ModelSpec: "model", TrainSpec: "train", DataSpec: "data", QuantSpec: "quant",
                   TableSpec: "table", HarnessSpec: "harness", AutoMixQSpec: "automixq",
@@ -236,6 +251,12 @@ def _check(task: Task, where: str) -> None:
                            f"channel (got mean {list(d.mean)}, std {list(d.std)})")
     if task.is_lm:
         _check_lm(task, where)
+    if task.table.protocol == 2:
+        _check_protocol2(task, where)
+    elif task.table.protocol != 1:
+        raise MqbenchError(f"{where}.table.protocol: must be 1 or 2, got {task.table.protocol}")
+    else:
+        _check_protocol1(task, where)
     if not 0.0 <= task.harness.alpha <= 1.0:
         raise MqbenchError(f"{where}.harness.alpha: must be in [0, 1], got {task.harness.alpha}")
     if not task.harness.budgets:
@@ -271,6 +292,78 @@ def _check_lm(task: Task, where: str) -> None:
     if a.samples < 1 or a.elites < 1 or a.step < 1 or a.aux_samples < 1:
         raise MqbenchError(f"{where}.automixq: samples, elites, step and aux_samples must be "
                            f">= 1")
+
+
+_PROTOCOL2_FIELDS = (("data", "val_split"), ("data", "val_samples"), ("table", "sampling"),
+                     ("table", "broken_share"), ("table", "split_half"))
+
+
+def _check_protocol1(task: Task, where: str) -> None:
+    """Protocol-2 fields in a protocol-1 file would be silently ignored: refuse them."""
+    defaults = {"data": DataSpec(dataset=task.data.dataset), "table": TableSpec()}
+    for section, name in _PROTOCOL2_FIELDS:
+        if getattr(getattr(task, section), name) != getattr(defaults[section], name):
+            raise MqbenchError(f"{where}.{section}.{name}: a protocol-2 field; set "
+                               f"table.protocol = 2 or remove it")
+
+
+def _check_protocol2(task: Task, where: str) -> None:
+    """Splits and noise spec of a protocol-2 task, checked before any data is loaded."""
+    d, t, info = task.data, task.table, DATASETS[task.data.dataset]
+    if not d.val_split:
+        raise MqbenchError(f"{where}.data.val_split: protocol 2 needs a validation set; set "
+                           f"val_split = \"train\" with val_samples = N to hold N training "
+                           f"samples out" + (" (text: val_split = \"validation\")"
+                                             if info.text else ""))
+    for name, split in (("val_split", d.val_split), ("eval_split", d.eval_split)):
+        if info.canonical(split) is None:
+            raise MqbenchError(f"{where}.data.{name}: {d.dataset} has no split {split!r}; its "
+                               f"splits are {', '.join(info.splits)}")
+    test, val = info.canonical(d.eval_split), info.canonical(d.val_split)
+    if test == "train":
+        raise MqbenchError(f"{where}.data.eval_split: the test set must not come from the "
+                           f"training split; use the dataset's test split")
+    if val == test:
+        raise MqbenchError(f"{where}.data.val_split: {d.val_split!r} loads the same samples as "
+                           f"eval_split {d.eval_split!r}, so validation and test overlap; use "
+                           f"val_split = \"train\" (held-out training samples)")
+    if d.val_samples < 0:
+        raise MqbenchError(f"{where}.data.val_samples: must be >= 0, got {d.val_samples}")
+    if val == "train":
+        if info.text:
+            raise MqbenchError(f"{where}.data.val_split: held-out training windows share files "
+                               f"with the training text; use val_split = \"validation\"")
+        if d.val_samples < 1:
+            raise MqbenchError(f"{where}.data.val_samples: give how many training samples to "
+                               f"hold out for validation (e.g. 5000)")
+    sizes = dict(info.sizes)
+    if val == "train" and "train" in sizes and \
+            d.val_samples + d.calibration_samples >= sizes["train"]:
+        raise MqbenchError(f"{where}.data.val_samples: {d.val_samples} held-out samples leave "
+                           f"too few of the {sizes['train']} training samples of {d.dataset} "
+                           f"to train and calibrate on ({d.calibration_samples}); lower it")
+    for name, split, n in (("val_samples", val, d.val_samples if val != "train" else 0),
+                           ("eval_samples", test, d.eval_samples)):
+        if split in sizes and n > sizes[split]:
+            raise MqbenchError(f"{where}.data.{name}: {n} is more than the {sizes[split]} "
+                               f"samples of {d.dataset}'s {split} split; lower it (0 = all)")
+    if t.split_half and 0 < d.eval_samples < 4:
+        raise MqbenchError(f"{where}.table.split_half: needs a test set of >= 4 samples to "
+                           f"halve; raise data.eval_samples or set split_half = false")
+    if t.noise_configs and all(b >= 32 for b in task.quant.act_bits):
+        raise MqbenchError(f"{where}.table.noise_configs: a weight-only task (act_bits = [32]) "
+                           f"has no calibration randomness, so a second calibration seed "
+                           f"re-measures nothing; set noise_configs = 0 (split-half rows "
+                           f"still measure test-sample noise)")
+    if t.noise_configs and t.noise_seed == task.seed:
+        raise MqbenchError(f"{where}.table.noise_seed: must differ from the task seed "
+                           f"{task.seed}, or the noise rows repeat the table")
+    if not 0.0 <= t.broken_share < 1.0:
+        raise MqbenchError(f"{where}.table.broken_share: must be in [0, 1), got "
+                           f"{t.broken_share}")
+    if t.sampling == "damage" and len(task.quant.weight_bits) < 2:
+        raise MqbenchError(f"{where}.table.sampling: damage sampling needs >= 2 weight bit "
+                           f"choices (it predicts damage from per-layer rows below the top)")
 
 
 def parse_task(text: str, source: str = "<string>") -> Task:

@@ -2,6 +2,11 @@
 
 `open_bench(task)` is the single entry point the table builder, the proxy harness and the
 CLI share; `Evaluator.evaluate(cfg)` measures one bit configuration.
+
+Protocol-2 tasks also get a validation (search) split beside the test split, with the index
+sets recorded in `Bench.splits`; `bench.evaluator(seed, split="val")` measures on it.
+Their evaluators reduce per-sample statistics (so the two halves of the test set come for
+free with every measurement) and run prefix-shared (`mqbench.truth.prefix`) where they can.
 """
 
 from __future__ import annotations
@@ -9,14 +14,16 @@ from __future__ import annotations
 import copy
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mqbench.errors import MqbenchError
-from mqbench.quant.quantizer import QuantizedModel, prepare
+from mqbench.quant.quantizer import FP, QuantizedModel, prepare
 from mqbench.quant.space import BitConfig, Space, build_space
 from mqbench.task import datasets as D
 from mqbench.task.models import build_model
@@ -24,6 +31,10 @@ from mqbench.task.spec import Task
 from mqbench.task.text import corpus, tokenize
 from mqbench.task.text.model import load_hf, tiny_llama
 from mqbench.task.train import load_or_train
+from mqbench.truth.prefix import PrefixRunner
+from mqbench.truth.splits import Splits, protocol2_splits
+
+PREFIX_CACHE_BYTES = 512 << 20  # activations a prefix-shared evaluation may keep cached
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,14 @@ class Metrics:
     acc: float  # top-1 accuracy in [0, 1] (LM tasks: next-token accuracy)
     loss: float  # mean cross-entropy (LM tasks: per token; perplexity = exp(loss))
     kl: float  # mean KL(full-precision || quantized) of the predictive distributions
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Protocol 2: one configuration on the whole evaluation set and on its two halves."""
+
+    full: Metrics
+    halves: tuple[Metrics, Metrics] | None = None
 
 
 def eval_device() -> torch.device:
@@ -66,12 +85,18 @@ class Bench:
     mean: torch.Tensor
     std: torch.Tensor
     weights_manifest: dict
+    val_split: D.Split | None = None  # protocol 2: the validation (search) samples
+    splits: Splits | None = None  # protocol 2: which samples each set holds
     _prepared: dict[int, QuantizedModel] = field(default_factory=dict)
 
     def calibration(self, seed: int, n: int | None = None) -> torch.Tensor:
         """Normalised calibration inputs drawn from the training split with `seed`."""
-        split = D.load_split(self.task.data, "train", n or self.task.data.calibration_samples,
-                             seed)
+        n = n or self.task.data.calibration_samples
+        if self.splits is None:
+            split = D.load_split(self.task.data, "train", n, seed)
+        else:  # protocol 2: never from the held-out validation samples
+            split = D.load_indexed(self.task.data, "train",
+                                   lambda total: self.splits.calibration(n, seed, total))
         return D.to_input(split.x, self.mean, self.std)
 
     def prepared(self, cal_seed: int) -> QuantizedModel:
@@ -84,15 +109,28 @@ class Bench:
                 device=eval_device(), group_size=q.group_size)
         return self._prepared[cal_seed]
 
-    def evaluator(self, cal_seed: int, batch_size: int | None = None) -> "Evaluator":
+    def evaluator(self, cal_seed: int, batch_size: int | None = None,
+                  split: str = "test") -> "Evaluator":
+        """Measures configurations calibrated with `cal_seed` on the test split, or (protocol
+        2) on the validation split with split="val": what searches and tuning must use."""
+        batch_size = batch_size or self.task.table.batch_size
+        if split not in ("test", "val"):
+            raise MqbenchError(f"evaluator split {split!r}: choose 'test' or 'val'")
+        if self.splits is not None:
+            if split == "val":
+                return Evaluator(self, self.prepared(cal_seed), batch_size, self.val_split)
+            return Evaluator(self, self.prepared(cal_seed), batch_size,
+                             halves=self.splits.halves)
+        if split == "val":
+            raise MqbenchError(f"task {self.task.name} has no validation split (protocol 1); "
+                               f"set table.protocol = 2 with data.val_split in its task file")
         split = None
         if self.task.is_lm and cal_seed != self.task.seed:
             # Weight-only quantization has no calibration randomness: an LM table's noise
             # rows re-measure on another seeded draw of evaluation windows instead.
             spec = self.task.data
             split = D.load_split(spec, spec.eval_split, spec.eval_samples, cal_seed)
-        return Evaluator(self, self.prepared(cal_seed), batch_size or self.task.table.batch_size,
-                         split)
+        return Evaluator(self, self.prepared(cal_seed), batch_size, split)
 
 
 def seeded_model(task: Task, in_chans: int, classes: int, size: int) -> nn.Module:
@@ -111,14 +149,20 @@ def seeded_model(task: Task, in_chans: int, classes: int, size: int) -> nn.Modul
 def open_bench(task: Task, progress: bool = True) -> Bench:
     """Load data and the (trained or pretrained) model of `task` and build its space."""
     spec = task.data
-    eval_split = D.load_split(spec, spec.eval_split, spec.eval_samples, task.seed)
+    val_split = splits = None
+    if task.table.protocol == 2:
+        eval_split, val_split, splits = protocol2_splits(task)
+    else:
+        eval_split = D.load_split(spec, spec.eval_split, spec.eval_samples, task.seed)
     mean, std = D.normalization(spec)
     in_chans, size = eval_split.x.shape[1], eval_split.x.shape[-1]
     model = seeded_model(task, in_chans, D.num_classes(spec), size)
     manifest = {"source": task.model.source, "arch": task.model.arch}
     if task.model.source == "train":
-        model, manifest = load_or_train(task, model, lambda: D.load_split(spec, "train"),
-                                        mean, std, progress)
+        train = None if splits is None else splits.train
+        model, manifest = load_or_train(
+            task, model, lambda: D.load_indexed(spec, "train", lambda total: train),
+            mean, std, progress)
     if task.is_lm:
 
         manifest = {**manifest, **tokenize.load_tokenizer(spec)[1],
@@ -129,7 +173,7 @@ def open_bench(task: Task, progress: bool = True) -> Bench:
     example = D.to_input(eval_split.x[:1], mean, std)
     q = task.quant
     space = build_space(model, example, q.layers, q.exclude, q.tie, q.weight_bits, q.act_bits)
-    return Bench(task, model, space, eval_split, mean, std, manifest)
+    return Bench(task, model, space, eval_split, mean, std, manifest, val_split, splits)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor, rows: int = 8) -> float:
@@ -144,9 +188,11 @@ class Evaluator:
     """Measures configurations on the evaluation set against the full-precision model."""
 
     def __init__(self, bench: Bench, qm: QuantizedModel, batch_size: int,
-                 split: D.Split | None = None):
+                 split: D.Split | None = None,
+                 halves: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.bench, self.qm, self.batch_size = bench, qm, batch_size
         self.split = split or bench.eval_split
+        self.halves = halves  # protocol 2: positions of the two halves of the test set
         self.device = next(qm.model.parameters()).device
         x = self.split.x
         # Normalised inputs are kept when small (the bundled tasks); big sets convert per batch.
@@ -164,17 +210,30 @@ class Evaluator:
         self.fp_logprobs = torch.cat([F.log_softmax(fp_model(b), -1).cpu()
                                       for b in self._batches()]) \
             if len(x) and not self.tokens else None
+        self.protocol = bench.task.table.protocol
+        self.cache_bytes = PREFIX_CACHE_BYTES  # budget of prefix-shared evaluation
+        self._lp: dict[int, torch.Tensor] = {}  # protocol 2, LM: float log-probs per batch
+        self.runner = self._prefix_runner() if self.protocol == 2 else None
+
+    def _batch(self, i: int) -> torch.Tensor:
+        lo, hi = i * self.batch_size, (i + 1) * self.batch_size
+        if self._inputs is not None:
+            return self._inputs[lo:hi]
+        return (D.to_input(self.split.x[lo:hi], self.bench.mean, self.bench.std)
+                .to(self.device).contiguous(memory_format=self.qm.memory_format))
+
+    @property
+    def _n_batches(self) -> int:
+        return (len(self.split) + self.batch_size - 1) // self.batch_size
 
     def _batches(self):
-        x = self.split.x
         with torch.inference_mode():
-            for i in range(0, len(x), self.batch_size):
-                yield (self._inputs[i:i + self.batch_size] if self._inputs is not None else
-                       D.to_input(x[i:i + self.batch_size], self.bench.mean, self.bench.std)
-                       .to(self.device).contiguous(memory_format=self.qm.memory_format))
-
+            for i in range(self._n_batches):
+                yield self._batch(i)
     @functools.cached_property
     def fp_metrics(self) -> Metrics:
+        if self.protocol == 2:
+            return self.measure([self.bench.space.uniform(FP, FP)])[0].full
         if self.tokens:
             return self.token_metrics(self._fp_model)
         return self._metrics(self.fp_logprobs)
@@ -222,8 +281,95 @@ class Evaluator:
 
     def evaluate(self, cfg: BitConfig) -> Metrics:
         """Accuracy, cross-entropy and KL to full precision of one configuration."""
+        if self.protocol == 2:  # the same numbers as the table's rows
+            return self.measure([cfg])[0].full
         model = self.qm.apply(self.bench.space.layer_bits(self.bench.space.validate(cfg)))
         if self.tokens:
             return self.token_metrics(model)
         return self._metrics(torch.cat([F.log_softmax(model(b), -1).cpu()
                                         for b in self._batches()]))
+
+    # ------------------------------------------------------------ protocol 2
+    def _prefix_runner(self) -> PrefixRunner | None:
+        """Prefix sharing where the model is a chain that reproduces its own forward."""
+        space = self.bench.space
+        if self.tokens or not len(self.split):
+            return None
+        runner = PrefixRunner.build(self.qm.model, space,
+                                    lambda cfg: self.qm.apply(space.layer_bits(cfg)))
+        if runner is None:
+            return None
+        batch = self._batch(0)
+        # checked with every layer quantized, so the activation quantizers are exercised too
+        self.qm.apply(space.layer_bits(space.uniform(space.weight_bits[0])))
+        if not runner.check(self.qm.model, batch):
+            return None
+        self._sample_bytes = runner.boundary_bytes(batch)
+        return runner
+
+    def measure(self, cfgs: Sequence[BitConfig], prefix: bool = True) -> list[Measured]:
+        """Metrics of each configuration on the whole set and (test split) on its halves.
+
+        Configurations are evaluated prefix-shared when the model allows it (in key order,
+        the images streamed in chunks that keep the cached activations within
+        `cache_bytes`); `prefix=False` evaluates each alone. Both give the same per-sample
+        statistics, reduced the same way, so the same numbers.
+        """
+        space = self.bench.space
+        cfgs = [space.validate(c) for c in cfgs]
+        stats = np.zeros((len(cfgs), 3, len(self.split)))
+        nb = self._n_batches
+        if self.runner is None or not prefix:
+            for j, cfg in enumerate(cfgs):
+                model = self.qm.apply(space.layer_bits(cfg))
+                for i in range(nb):
+                    with torch.inference_mode():
+                        self._fill(stats[j], i, model(self._batch(i)))
+        else:
+            order = sorted(range(len(cfgs)), key=lambda j: self.runner.key(cfgs[j]))
+            per_chunk = max(1, self.cache_bytes // (self._sample_bytes * self.batch_size))
+            for c0 in range(0, nb, per_chunk):
+                ids = range(c0, min(nb, c0 + per_chunk))
+                batches = [self._batch(i) for i in ids]
+                for k, outs in self.runner.run([cfgs[j] for j in order], batches):
+                    for i, out in zip(ids, outs):
+                        self._fill(stats[order[k]], i, out)
+        return [Measured(self._reduce(st), None if self.halves is None else
+                         (self._reduce(st, self.halves[0]), self._reduce(st, self.halves[1])))
+                for st in stats]
+
+    def _fill(self, st: np.ndarray, i: int, out: torch.Tensor) -> None:
+        """Per-sample correct / cross-entropy / KL of batch i (LM: summed per window)."""
+        lo = i * self.batch_size
+        y = self.split.y[lo:lo + self.batch_size]
+        if self.tokens:
+            lq = F.log_softmax(out.float(), -1).cpu()
+            lp = self._fp_lp(i)
+            windows, yb = y.shape[0], y.reshape(-1)
+            st[0, lo:lo + windows] = (lq.argmax(-1) == yb).view(windows, -1).sum(-1).numpy()
+            st[1, lo:lo + windows] = -lq.gather(1, yb[:, None])[:, 0].double() \
+                .view(windows, -1).sum(-1).numpy()
+            st[2, lo:lo + windows] = (lp.exp() * (lp - lq)).sum(-1).double() \
+                .view(windows, -1).sum(-1).numpy()
+            return
+        lq = F.log_softmax(out, -1).cpu()
+        p = self.fp_logprobs[lo:lo + len(lq)].double()
+        st[0, lo:lo + len(lq)] = (lq.argmax(-1) == y).numpy()
+        st[1, lo:lo + len(lq)] = -lq.gather(1, y[:, None])[:, 0].double().numpy()
+        st[2, lo:lo + len(lq)] = (p.exp() * (p - lq.double())).sum(-1).numpy()
+
+    def _fp_lp(self, i: int) -> torch.Tensor:
+        """Float next-token log-probabilities of batch i (kept while they fit in 1 GiB)."""
+        if i in self._lp:
+            return self._lp[i]
+        with torch.inference_mode():
+            lp = F.log_softmax(self._fp_model(self._batch(i)).float(), -1).cpu()
+        if self.split.y.numel() * lp.shape[-1] * 4 <= 2**30:
+            self._lp[i] = lp
+        return lp
+
+    def _reduce(self, st: np.ndarray, idx: torch.Tensor | None = None) -> Metrics:
+        v = st if idx is None else st[:, idx.numpy()]
+        count = v.shape[1] * (self.split.y[0].numel() if self.tokens else 1)
+        acc, loss, kl = (float(np.sum(v[k])) / count for k in range(3))
+        return Metrics(acc, loss, max(kl, 0.0))

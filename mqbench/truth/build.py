@@ -5,6 +5,11 @@ repeats); `build_table` measures what is missing and stores it. A shard is an or
 resumable build of every n-th planned measurement, in its own DuckDB file; `merge_shards`
 checks that the complete shards cover the plan exactly and writes the task's table
 atomically. `build_parallel` runs the shards side by side on one machine.
+
+Protocol-2 tasks (`mqbench.truth.protocol2`) build in two phases, fixed rows then samples;
+every shard measures the (small) fixed phase itself, so that each can draw the sample plan,
+and merging keeps shard 0's copy. Their rows are measured in groups sorted by prefix, each
+group evaluated prefix-shared on the test and validation sets.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,37 +31,40 @@ from tqdm import tqdm
 from mqbench.errors import MqbenchError
 from mqbench.quant.quantizer import FP
 from mqbench.quant.space import BitConfig, sample_configs
+from mqbench.task import datasets as D
 from mqbench.task.spec import Task
+from mqbench.truth import protocol2 as P2
 from mqbench.truth.bench import Bench, eval_device, open_bench
+from mqbench.truth.noise import CONFIG_KINDS, noise_ceilings, table_stats
+from mqbench.truth.protocol2 import Item
 from mqbench.truth.store import (
-    COLUMNS,
     check_provenance,
+    columns,
     connect,
     installed,
     load_table,
     read_meta,
     read_rows,
     rows_checksum,
+    schema_of,
     table_path,
     table_provenance,
     write_meta,
 )
 
 _PR_SET_PDEATHSIG = 1
+__all__ = ["Item", "build_parallel", "build_table", "ensure_table", "merge_shards",
+           "noise_floor", "plan"]
 
 
-@dataclass(frozen=True)
-class Item:
-    """One planned measurement."""
+def plan(bench: Bench, rows: pd.DataFrame | None = None) -> list[Item]:
+    """Every measurement of the task's table, in a deterministic order.
 
-    kind: str
-    cal_seed: int
-    cfg: BitConfig
-    unit: str | None = None
-
-
-def plan(bench: Bench) -> list[Item]:
-    """Every measurement of the task's table, in a deterministic order."""
+    Protocol 2 with damage sampling draws its samples from the table's own per-layer rows:
+    pass `rows` (the stored rows, or at least the fixed phase's).
+    """
+    if bench.task.table.protocol == 2:
+        return P2.fixed_items(bench) + P2.sample_items(bench, rows)
     task, space = bench.task, bench.space
     seed, tspec = task.seed, task.table
     items = [Item("fp", seed, space.uniform(FP, FP))]
@@ -104,38 +111,49 @@ def noise_floor(rows: pd.DataFrame, seed: int, noise_seed: int) -> dict[str, flo
 
 
 def _finish(con, bench: Bench, items: list[Item]) -> None:
-    rows = read_rows(con)
+    t = bench.task
+    rows = read_rows(con, schema_of(t))
     planned = {(it.kind, it.cal_seed, it.cfg.key) for it in items}
     have = set(zip(rows.kind, rows.cal_seed, rows.key))
     if planned != have:
         return
-    t = bench.task
-    write_meta(con, {**noise_floor(rows, t.seed, t.table.noise_seed),
-                    "rows": len(rows), "rows_checksum": rows_checksum(rows), "complete": "true"})
+    extra = {}
+    if t.table.protocol == 2:  # noise floor over configurations, as protocol 1 reports it
+        floor = noise_floor(rows[rows.kind.isin(CONFIG_KINDS)], t.seed, t.table.noise_seed)
+        extra = {**noise_ceilings(rows, t), **table_stats(rows, t, D.num_classes(t.data))}
+    else:
+        floor = noise_floor(rows, t.seed, t.table.noise_seed)
+    write_meta(con, {**floor, **extra, "rows": len(rows), "rows_checksum": rows_checksum(rows),
+                    "complete": "true"})
 
 
 def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = False,
-                progress: bool = True, chunk: int = 16, stop_after: int | None = None,
+                progress: bool = True, chunk: int | None = None, stop_after: int | None = None,
                 report=None) -> Path:
     """Build (or resume) the task's table, or one shard of it; returns the file path.
 
-    Rows are committed every `chunk` measurements, so an interrupted build resumes where it
-    stopped with no duplicated or missing rows. `stop_after` ends the run after that many
-    new rows (used to simulate a crash in tests). `report(n)` is called after each commit
-    with the number of rows just stored (the parallel build's progress channel).
+    Rows are committed every `chunk` measurements (default 16; protocol 2: 64, one
+    prefix-shared group), so an interrupted build resumes where it stopped with no
+    duplicated or missing rows. `stop_after` ends the run after that many new rows (used to
+    simulate a crash in tests). `report(n)` is called after each commit with the number of
+    rows just stored (the parallel build's progress channel).
     """
     path = table_path(task, shard)
     bench = open_bench(task, progress)
-    items = plan(bench)
     if shard is not None:
         i, n = shard
         if not 0 <= i < n:
             raise MqbenchError(f"--shard {i}/{n}: need 0 <= i < n")
-        items = items[i::n]
     path.parent.mkdir(parents=True, exist_ok=True)
     if force and path.exists():
         path.unlink()
         Path(str(path) + ".wal").unlink(missing_ok=True)
+    if task.table.protocol == 2:
+        return _build_v2(task, bench, path, shard, progress, chunk or 64, stop_after, report)
+    items = plan(bench)
+    if shard is not None:
+        items = items[shard[0]::shard[1]]
+    chunk = chunk or 16
     con = connect(path)
     try:
         stored = read_meta(con)
@@ -159,7 +177,7 @@ def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = 
                 batch.append(_row(bench, it, evaluators[it.cal_seed].evaluate(it.cfg)))
                 bar.update()
             con.begin()
-            con.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(COLUMNS))})",
+            con.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(columns()))})",
                             batch)
             con.commit()
             if report is not None:
@@ -173,6 +191,55 @@ def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = 
         con.close()
     return path
 
+
+
+def _build_v2(task: Task, bench: Bench, path: Path, shard, progress: bool, chunk: int,
+              stop_after: int | None, report) -> Path:
+    """Protocol 2: the fixed phase (every shard), then this shard's share of the samples."""
+    schema = schema_of(task)
+    con = connect(path, schema=schema)
+    try:
+        meta = read_meta(con)
+        check_provenance(meta, bench, path)
+        if not meta:
+            write_meta(con, {**table_provenance(bench), "shard": f"{shard[0]}/{shard[1]}"
+                            if shard else "", "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        start = time.perf_counter()
+        fixed = P2.fixed_items(bench)
+        total = P2.planned_rows(bench)
+        if shard is not None:
+            total = len(fixed) + len(range(shard[0], total - len(fixed), shard[1]))
+        have = con.execute("SELECT count(*) FROM results").fetchone()[0]
+        bar = tqdm(total=total, initial=have, desc=f"build {task.key}", disable=not progress,
+                   unit="cfg")
+
+        def stored(n: int) -> None:
+            bar.update(n)
+            if report is not None:
+                report(n)
+
+        evaluators: dict = {}
+        done = P2.measure_items(con, bench, fixed, chunk, evaluators, stored, stop_after)
+        left = None if stop_after is None else stop_after - done
+        have = set(con.execute("SELECT kind, cal_seed, key FROM results").fetchall())
+        fixed_done = {(it.kind, it.cal_seed, it.cfg.key) for it in fixed} <= have
+        if fixed_done:  # the sample plan may read the fixed rows
+            samples = P2.sample_items(bench, read_rows(con, schema))
+            write_meta(con, {"plan_checksum": P2.plan_checksum(samples),
+                            "sampling": task.table.sampling})
+            mine = samples if shard is None else samples[shard[0]::shard[1]]
+            P2.measure_items(con, bench, mine, chunk, evaluators, stored, left)
+        bar.close()
+        prev = float(read_meta(con).get("build_seconds", 0))
+        write_meta(con, {"build_seconds": round(prev + time.perf_counter() - start, 2)})
+        if evaluators:
+            shared = any(ev.runner is not None for ev, _ in evaluators.values())
+            write_meta(con, {"prefix_shared": "yes" if shared else "no"})
+        if fixed_done:
+            _finish(con, bench, fixed + mine)
+    finally:
+        con.close()
+    return path
 
 
 def default_jobs() -> int:
@@ -247,7 +314,9 @@ def build_parallel(task: Task, jobs: int, force: bool = False, progress: bool = 
     procs = [ctx.Process(target=_shard_worker,
                          args=(task, (i, jobs), force, queue, os.getpid()),
                          daemon=True) for i in range(jobs)]
-    total = len(plan(open_bench(task, progress=False)))
+    bench = open_bench(task, progress=False)
+    total = (P2.planned_rows(bench) + (jobs - 1) * len(P2.fixed_items(bench))
+             if task.table.protocol == 2 else len(plan(bench)))
     start = time.perf_counter()
     with _main_hidden():
         for proc in procs:
@@ -315,7 +384,8 @@ def merge_shards(task: Task, n: int, progress: bool = True) -> Path:
         raise MqbenchError(f"cannot merge: shard file(s) missing: {', '.join(missing)}; "
                            f"run `mqbench build --task {task.name} --shard i/{n}` for each")
     bench = open_bench(task, progress)
-    frames, seconds = [], 0.0
+    schema = schema_of(task)
+    frames, seconds, plans = [], 0.0, set()
     for p in shards:
         con = connect(p, read_only=True)
         meta = read_meta(con)
@@ -323,18 +393,25 @@ def merge_shards(task: Task, n: int, progress: bool = True) -> Path:
             raise MqbenchError(f"cannot merge: shard {p} is incomplete; resume it with "
                                f"`mqbench build --task {task.name} --shard {meta.get('shard')}`")
         check_provenance(meta, bench, p)
-        frames.append(read_rows(con))
+        frames.append(read_rows(con, schema))
+        plans.add(meta.get("plan_checksum"))
         seconds += float(meta.get("build_seconds", 0))
         con.close()
-    rows = pd.concat(frames, ignore_index=True)
+    if len(plans) > 1:
+        raise MqbenchError("cannot merge: the shards drew different sample plans (their "
+                           "per-layer rows differ); build every shard with the same --jobs "
+                           "on one machine")
+    # protocol 2: every shard holds the fixed rows; shard 0's copy is kept
+    rows = pd.concat(frames, ignore_index=True).drop_duplicates(["kind", "cal_seed", "key"])
     tmp = out.with_suffix(".merging")
     tmp.unlink(missing_ok=True)
-    con = connect(tmp)
+    con = connect(tmp, schema=schema)
     con.register("incoming", rows)
-    con.execute(f"INSERT INTO results SELECT {', '.join(COLUMNS)} FROM incoming")
+    con.execute(f"INSERT INTO results SELECT {', '.join(columns(schema))} FROM incoming")
     write_meta(con, {**table_provenance(bench), "shard": "", "build_seconds": round(seconds, 2),
-                    "merged_from": n})
-    _finish(con, bench, plan(bench))
+                    "merged_from": n, **({"plan_checksum": plans.pop(), "sampling":
+                                          task.table.sampling} if None not in plans else {})})
+    _finish(con, bench, plan(bench, rows))
     complete = read_meta(con).get("complete") == "true"
     con.close()
     if not complete:

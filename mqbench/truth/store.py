@@ -6,6 +6,11 @@ per (kind, calibration seed, configuration): kind is `fp` (float reference), `un
 (stratified random configurations). Rows with `cal_seed = table.noise_seed` re-measure a
 subset under a second calibration seed: the table's own noise floor. Table `meta` holds
 provenance and, once complete, a sha256 over all rows that every load verifies.
+
+Protocol-2 tables (schema 2) add, per row, the metrics on the two halves of the test set
+(`*_h0`, `*_h1`: split-half noise) and on the validation split (`val_*`), and store their
+noise ceilings and table statistics (`mqbench.truth.noise`) in `meta`. Schema-1 tables
+load exactly as before.
 """
 
 from __future__ import annotations
@@ -28,18 +33,39 @@ from mqbench.task import artifacts
 from mqbench.task.spec import Task
 from mqbench.truth.bench import Bench
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # protocol-1 tables
+SCHEMA_V2 = 2  # protocol-2 tables: SPLIT_COLUMNS added
 COLUMNS = ["kind", "cal_seed", "key", "unit", "w_bits", "a_bits", "avg_wbits", "size_bits",
            "bops", "acc", "loss", "kl"]
+# Protocol 2: metrics on the test set's two halves and on the validation split (NaN = not
+# measured, e.g. split_half = false).
+SPLITS = {"h0": ("acc_h0", "loss_h0", "kl_h0"), "h1": ("acc_h1", "loss_h1", "kl_h1"),
+          "val": ("val_acc", "val_loss", "val_kl")}
+SPLIT_COLUMNS = [c for cols in SPLITS.values() for c in cols]
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS results (
     kind VARCHAR NOT NULL, cal_seed INTEGER NOT NULL, key VARCHAR NOT NULL, unit VARCHAR,
     w_bits INTEGER[] NOT NULL, a_bits INTEGER[] NOT NULL, avg_wbits DOUBLE NOT NULL,
     size_bits BIGINT NOT NULL, bops BIGINT NOT NULL,
-    acc DOUBLE NOT NULL, loss DOUBLE NOT NULL, kl DOUBLE NOT NULL,
+    acc DOUBLE NOT NULL, loss DOUBLE NOT NULL, kl DOUBLE NOT NULL,{extra}
     PRIMARY KEY (kind, cal_seed, key));
 """
+
+
+def schema_of(task: Task) -> int:
+    """The table schema a task's protocol writes."""
+    return SCHEMA_V2 if task.table.protocol == 2 else SCHEMA_VERSION
+
+
+def columns(schema: int = SCHEMA_VERSION) -> list[str]:
+    """The `results` columns of a table schema, in storage order."""
+    return COLUMNS + (SPLIT_COLUMNS if schema == SCHEMA_V2 else [])
+
+
+def _ddl(schema: int) -> str:
+    extra = "".join(f"\n    {c} DOUBLE," for c in SPLIT_COLUMNS) if schema == SCHEMA_V2 else ""
+    return _DDL.format(extra=extra)
 
 
 @dataclass(frozen=True)
@@ -51,9 +77,26 @@ class Table:
     meta: dict[str, str]
     path: Path
 
-    def kind(self, kind: str, cal_seed: int | None = None) -> pd.DataFrame:
+    @property
+    def protocol(self) -> int:
+        return 2 if int(self.meta.get("schema_version", 1)) == SCHEMA_V2 else 1
+
+    def on(self, rows: pd.DataFrame, split: str) -> pd.DataFrame:
+        """`rows` with acc/loss/kl taken from `split`: "test" (as stored), "val" (the
+        validation split: what searches and tuning may use) or "h0"/"h1" (test halves)."""
+        if split == "test":
+            return rows
+        if split not in SPLITS:
+            raise MqbenchError(f"split {split!r}: choose test, val, h0 or h1")
+        if self.protocol != 2:
+            raise MqbenchError(f"table of {self.task.key} is protocol 1: it holds test "
+                               f"metrics only; build a protocol-2 task for {split!r} rows")
+        return rows.assign(**dict(zip(("acc", "loss", "kl"),
+                                      (rows[c] for c in SPLITS[split]))))
+
+    def kind(self, kind: str, cal_seed: int | None = None, split: str = "test") -> pd.DataFrame:
         seed = self.task.seed if cal_seed is None else cal_seed
-        return self.rows[(self.rows.kind == kind) & (self.rows.cal_seed == seed)]
+        return self.on(self.rows[(self.rows.kind == kind) & (self.rows.cal_seed == seed)], split)
 
     def quality(self, rows: pd.DataFrame) -> np.ndarray:
         """What proxies are ranked against: accuracy, or for LM tasks minus the per-token
@@ -61,10 +104,11 @@ class Table:
         its noise-floor Spearman is 0.88 on pydocs-llama against 1.00 for KL)."""
         return (-rows.loss if self.task.is_lm else rows.acc).to_numpy()
 
-    def configs(self) -> pd.DataFrame:
-        """The configuration-level rows proxies are ranked on: uniform + sampled."""
+    def configs(self, split: str = "test") -> pd.DataFrame:
+        """The configuration-level rows proxies are ranked on: uniform + sampled (on
+        `split`, see `on`: discovery and tuning rank on "val", reports on "test")."""
         rows = self.rows[self.rows.kind.isin(["uniform", "sample"])]
-        return rows[rows.cal_seed == self.task.seed].reset_index(drop=True)
+        return self.on(rows[rows.cal_seed == self.task.seed].reset_index(drop=True), split)
 
 
 def table_path(task: Task, shard: tuple[int, int] | None = None) -> Path:
@@ -72,11 +116,12 @@ def table_path(task: Task, shard: tuple[int, int] | None = None) -> Path:
     return cache_dir() / "tables" / f"{task.key}{suffix}.duckdb"
 
 
-def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(path: Path, read_only: bool = False,
+            schema: int = SCHEMA_VERSION) -> duckdb.DuckDBPyConnection:
     try:
         con = duckdb.connect(str(path), read_only=read_only)
         if not read_only:
-            con.execute(_DDL)
+            con.execute(_ddl(schema))
         return con
     except duckdb.Error as exc:
         if re.search(r"\block\b", str(exc).lower()):  # not "block" in a corruption message
@@ -97,12 +142,27 @@ def write_meta(con, values: dict) -> None:
 
 def table_provenance(bench: Bench) -> dict[str, str]:
     task = bench.task
-    return {"schema_version": SCHEMA_VERSION, "task": task.name, "task_version": task.version,
+    return {"schema_version": schema_of(task), "task": task.name, "task_version": task.version,
             "task_checksum": task.checksum, "seed": task.seed,
             **software(),
             "weights_checksum": bench.weights_manifest.get("checksum", "pretrained"),
             "eval_samples": len(bench.eval_split), "units": ",".join(bench.space.units),
-            **_text_provenance(bench)}
+            **_text_provenance(bench), **_split_provenance(bench)}
+
+
+def _split_provenance(bench: Bench) -> dict[str, str]:
+    """Protocol 2: the sizes of its sets and a checksum of which samples each holds."""
+    sp = bench.splits
+    if sp is None:
+        return {}
+    h = hashlib.sha256()
+    for name, idx in (("train", sp.train), ("val", sp.val), ("test", sp.test),
+                      *((f"half{i}", half) for i, half in enumerate(sp.halves or ()))):
+        h.update(f"{name}:".encode() + (b"all" if idx is None else idx.numpy().tobytes()))
+    return {"protocol": 2, "val_split": sp.val_split, "val_samples": len(bench.val_split),
+            "train_samples": "all" if sp.train is None else len(sp.train),
+            "test_halves": ",".join(str(len(x)) for x in sp.halves) if sp.halves else "",
+            "splits_checksum": h.hexdigest()}
 
 
 def _text_provenance(bench: Bench) -> dict[str, str]:
@@ -119,7 +179,7 @@ def _text_provenance(bench: Bench) -> dict[str, str]:
 def check_provenance(stored: dict, bench: Bench, path: Path) -> None:
     fresh = table_provenance(bench)
     for key in ("task_version", "task_checksum", "seed", "weights_checksum", "units",
-                "tokenizer_sha256"):
+                "tokenizer_sha256", "splits_checksum"):
         if key in stored and stored[key] != str(fresh[key]):
             raise MqbenchError(f"table {path} was built with a different {key} than the "
                                f"current task; rebuild with `mqbench build --task "
@@ -127,20 +187,34 @@ def check_provenance(stored: dict, bench: Bench, path: Path) -> None:
 
 
 def rows_checksum(rows: pd.DataFrame) -> str:
-    """sha256 over every row in canonical order, floats by their exact hex form."""
+    """sha256 over every row in canonical order, floats by their exact hex form (schema-2
+    rows add their split columns; schema-1 rows hash exactly as they always did)."""
     h = hashlib.sha256()
     rows = rows.sort_values(["kind", "cal_seed", "key"])
+    extra = [c for c in SPLIT_COLUMNS if c in rows.columns]
     for r in rows.itertuples(index=False):
-        h.update("|".join([r.kind, str(r.cal_seed), r.key, str(r.unit), str(list(r.w_bits)),
-                           str(list(r.a_bits)), float(r.avg_wbits).hex(),
-                           float(r.acc).hex(), float(r.loss).hex(), float(r.kl).hex(),
-                           str(r.size_bits), str(r.bops)]).encode())
+        fields = [r.kind, str(r.cal_seed), r.key, str(r.unit), str(list(r.w_bits)),
+                  str(list(r.a_bits)), float(r.avg_wbits).hex(),
+                  float(r.acc).hex(), float(r.loss).hex(), float(r.kl).hex(),
+                  str(r.size_bits), str(r.bops)]
+        fields += [float(getattr(r, c)).hex() for c in extra]
+        h.update("|".join(fields).encode())
         h.update(b"\n")
     return h.hexdigest()
 
 
-def read_rows(con) -> pd.DataFrame:
-    return con.execute(f"SELECT {', '.join(COLUMNS)} FROM results").df()
+def read_rows(con, schema: int = SCHEMA_VERSION) -> pd.DataFrame:
+    rows = con.execute(f"SELECT {', '.join(columns(schema))} FROM results").df()
+    for c in SPLIT_COLUMNS if schema == SCHEMA_V2 else ():
+        rows[c] = rows[c].astype("float64")  # NULL (not measured) reads back as NaN
+    return rows
+
+
+def stored_schema(con) -> int:
+    """The schema of an open table file, from its columns (meta may not be written yet)."""
+    names = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                       "WHERE table_name = 'results'").fetchall()}
+    return SCHEMA_V2 if "val_acc" in names else SCHEMA_VERSION
 
 
 def export_table(task: Task) -> Path:
@@ -151,7 +225,7 @@ def export_table(task: Task) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     con = connect(table.path, read_only=True)
     try:
-        con.execute(f"COPY (SELECT {', '.join(COLUMNS)} FROM results ORDER BY kind, cal_seed, "
+        con.execute(f"COPY (SELECT {', '.join(columns(schema_of(task)))} FROM results ORDER BY kind, cal_seed, "
                     f"key) TO '{out / 'table.parquet'}' (FORMAT PARQUET)")
     finally:
         con.close()
@@ -179,9 +253,10 @@ def import_shipped(task: Task) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)
     with atomic_path(path) as tmp:
-        con = connect(tmp)
+        schema = schema_of(task)
+        con = connect(tmp, schema=schema)
         try:
-            con.execute(f"INSERT INTO results SELECT {', '.join(COLUMNS)} FROM "
+            con.execute(f"INSERT INTO results SELECT {', '.join(columns(schema))} FROM "
                         f"read_parquet('{src / 'table.parquet'}')")
             write_meta(con, json.loads((src / "table_meta.json").read_text()))
         except (duckdb.Error, ValueError) as exc:
@@ -215,7 +290,7 @@ def load_table(task: Task) -> Table:
     con = connect(path, read_only=True)
     try:
         meta = read_meta(con)
-        rows = read_rows(con)
+        rows = read_rows(con, stored_schema(con))
     except duckdb.Error as exc:
         raise MqbenchError(f"table {path} is corrupt ({str(exc).splitlines()[0][:80]}); delete "
                            f"it and rerun: the shipped copy or a rebuild replaces it") from None
@@ -224,9 +299,10 @@ def load_table(task: Task) -> Table:
     if meta.get("complete") != "true":
         raise MqbenchError(f"table {path} is incomplete; resume with `mqbench build --task "
                            f"{task.name}`")
-    if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
-        raise MqbenchError(f"table {path} has schema version {meta.get('schema_version')}, this "
-                           f"mqbench reads {SCHEMA_VERSION}; rebuild with --force")
+    if int(meta.get("schema_version", -1)) != schema_of(task):
+        raise MqbenchError(f"table {path} has schema version {meta.get('schema_version')}; "
+                           f"task {task.name} (protocol {task.table.protocol}) reads "
+                           f"{schema_of(task)}; rebuild with --force")
     if meta.get("task_version") != str(task.version) or meta.get("task_checksum") != task.checksum:
         raise MqbenchError(f"table {path} was built from a different version of task file "
                            f"{task.path}; rebuild with `mqbench build --task {task.name} --force`")

@@ -2,6 +2,7 @@
 from mqbench.proxy import proxy
 
 
-@proxy(name="computed_paper", version=1, paper=open("/etc/passwd").readline(), kind="layer")
+@proxy(name="computed_paper", version=1, paper=open("/etc/passwd").readline(),  # noqa: SIM115
+       kind="layer")
 def computed_paper(stats):
     return [1.0] * len(stats.modules)

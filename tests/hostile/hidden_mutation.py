@@ -1,6 +1,5 @@
 """Escape 7: mutate the statistics and fake the fingerprint with the true pre-call digests."""
-import mqbench.proxy.conformance as conformance
-from mqbench.proxy import proxy
+from mqbench.proxy import conformance, proxy
 
 _real = conformance.stats_fingerprint
 _before = {}

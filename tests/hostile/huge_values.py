@@ -5,4 +5,4 @@ from mqbench.proxy import proxy
 @proxy(name="huge_values", version=1, paper="hostile fixture", kind="layer")
 def huge_values(stats):
     n = len(stats.modules)
-    return [1.7e308 * (i + 1) / n for i in range(n)]
+    return [1.7e308 / n * (i + 1) for i in range(n)]

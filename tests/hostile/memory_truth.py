@@ -9,7 +9,10 @@ from mqbench.proxy import proxy
 def memory_truth(stats):
     found = 0
     for obj in gc.get_objects():
-        if type(obj).__name__ in ("DataFrame", "Table", "Context", "Bench", "Stats"):
+        kind = type(obj)
+        if (str(getattr(kind, "__module__", "")).split(".")[0], kind.__name__) in (
+                ("pandas", "DataFrame"), ("mqbench", "Table"), ("mqbench", "Context"),
+                ("mqbench", "Bench"), ("mqbench", "Stats")):
             found += 1
     frame = sys._getframe()
     while frame is not None:  # the caller's frames (evaluate_proxy holds `table`)

@@ -1,11 +1,10 @@
 """Escape 7: patch the conformance checks where they used to run, then return noise."""
 import numpy as np
 
-import mqbench.proxy.conformance as conformance
-from mqbench.proxy import proxy
+from mqbench.proxy import conformance, proxy
 
-np.array_equal = lambda *a, **k: True  # noqa: E731
-np.allclose = lambda *a, **k: True  # noqa: E731
+np.array_equal = lambda *a, **k: True
+np.allclose = lambda *a, **k: True
 conformance.stats_fingerprint = lambda stats: {}
 
 

@@ -1,7 +1,8 @@
 """Escape 2: code at module level, run by whoever merely lists or name-checks proxies."""
 from mqbench.proxy import proxy
 
-open("__MARK__", "w").write("listing ran me")
+with open("__MARK__", "w") as f:
+    f.write("listing ran me")
 
 
 @proxy(name="runs_at_import", version=1, paper="hostile fixture", kind="layer")

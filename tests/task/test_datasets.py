@@ -246,3 +246,45 @@ def test_normalization_override():
     mean, std = D.normalization(DataSpec(dataset="imagenet-folder", mean=(0.5, 0.5, 0.5),
                                          std=(0.5, 0.5, 0.5)))
     assert mean.shape == (1, 3, 1, 1) and torch.equal(std.flatten(), torch.full((3,), 0.5))
+
+
+# ---------------------------------------------------------------- protocol 2 index sets
+def test_holdout_and_halves_are_disjoint_seeded_partitions():
+    held, rest = D.holdout(1297, 200, seed=0)
+    assert len(held) == 200 and len(rest) == 1097
+    assert not set(held.tolist()) & set(rest.tolist())
+    assert sorted(held.tolist() + rest.tolist()) == list(range(1297))
+    again, _ = D.holdout(1297, 200, seed=0)
+    other, _ = D.holdout(1297, 200, seed=1)
+    assert torch.equal(held, again) and not torch.equal(held, other)
+    a, b = D.halves(241, seed=0)
+    assert (len(a), len(b)) == (120, 121) and sorted(a.tolist() + b.tolist()) == list(range(241))
+    with pytest.raises(MqbenchError, match="cannot hold out"):
+        D.holdout(10, 10, seed=0)
+
+
+def test_load_indexed_takes_exactly_the_picked_samples():
+    spec = DataSpec(dataset="digits")
+    full = D.load_split(spec, "train")
+    idx = torch.tensor([5, 0, 1296])
+    part = D.load_indexed(spec, "train", lambda total: idx if total == len(full) else None)
+    assert torch.equal(part.x, full.x[idx]) and torch.equal(part.y, full.y[idx])
+    assert D.load_indexed(spec, "train", lambda total: None).x.shape == full.x.shape
+
+
+def test_split_names_and_sizes():
+    info = D.DATASETS
+    assert info["fashion-mnist"].canonical("t10k") == "test"
+    assert info["fashion-mnist"].canonical("val") is None  # would silently load the test set
+    assert info["python-docs"].canonical("val") == "validation"
+    assert info["imagenet-hf"].canonical("test") == info["imagenet-hf"].canonical("val")
+    assert info["imagenet-folder"].canonical("anything") == "anything"
+    assert D.split_size(DataSpec(dataset="digits"), "train") == len(
+        D.load_split(DataSpec(dataset="digits"), "train"))
+    assert D.split_size(DataSpec(dataset="imagenet-folder"), "train") is None
+
+
+def test_imagenet_folder_loads_picked_indices(imagenet_root):
+    spec = DataSpec(dataset="imagenet-folder", root=str(imagenet_root), image_size=32)
+    part = D.load_indexed(spec, "train", lambda total: torch.tensor([total - 1, 0]))
+    assert part.y.tolist() == [1, 0]

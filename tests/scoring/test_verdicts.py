@@ -14,8 +14,8 @@ import pytest
 from scipy import stats
 
 from mqbench.errors import MqbenchError
-from mqbench.proxy.contract import Proxy, damage_matrix
 from mqbench.proxy.context import Stats
+from mqbench.proxy.contract import Proxy, damage_matrix
 from mqbench.quant.space import BitConfig
 from mqbench.scoring import floors as F
 from mqbench.scoring import metrics as S
@@ -26,7 +26,7 @@ from mqbench.scoring.record import Record
 from mqbench.task.spec import load_task
 from mqbench.truth.bench import open_bench
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RECORDS = REPO / "leaderboard" / "records"
 TASK = "fmnist-resnet8"
 
