@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
 from mqbench.testing import TINY_LM, write_corpus, write_task
@@ -39,3 +42,47 @@ def lm_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MQBENCH_TASKS", str(tasks))
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
     return tasks
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One tiny task and cache per test module: its table and statistics are built once."""
+    base = tmp_path_factory.mktemp("shared")
+    (base / "tasks").mkdir()
+    write_task(base / "tasks")
+    return base
+
+
+@pytest.fixture
+def env(shared, tmp_path, monkeypatch):
+    """The module's shared tiny task and cache, and a private leaderboard (returned)."""
+    monkeypatch.setenv("MQBENCH_TASKS", str(shared / "tasks"))
+    monkeypatch.setenv("MQBENCH_CACHE", str(shared / "cache"))
+    monkeypatch.setenv("MQBENCH_LEADERBOARD", str(tmp_path / "lb"))
+    return tmp_path / "lb"
+
+
+@pytest.fixture
+def server():
+    """A TCP server on the parent's loopback that records whether anyone connected."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(0.2)
+    hits = []
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                hits.append(1)
+                conn.close()
+            except OSError:
+                pass
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield srv.getsockname()[1], hits
+    stop.set()
+    t.join(2)
+    srv.close()

@@ -34,7 +34,7 @@ from mqbench.scoring import verdicts as V
 from mqbench.scoring.metrics import metrics_markdown
 from mqbench.scoring.record import Record
 from mqbench.task.spec import load_task
-from mqbench.truth.store import import_shipped, load_table, table_path
+from mqbench.truth.store import installed, load_table
 
 START = "<!-- leaderboard:start -->"
 END = "<!-- leaderboard:end -->"
@@ -45,15 +45,13 @@ README = readme_path()  # the default README whose section regenerate rewrites
 
 
 def _table(task_name: str):
-    """The task's verified ground-truth table if it is at hand (cached or shipped), else None."""
-
+    """The task's verified ground-truth table if it is at hand (cached or shipped), else None:
+    regenerating the leaderboard never builds a table."""
     try:
         task = load_task(task_name)
     except MqbenchError:
         return None
-    if not table_path(task).exists() and not import_shipped(task):
-        return None
-    return load_table(task)
+    return load_table(task) if installed(task) else None
 
 
 def _write(path: Path, text: str | None = None, data: bytes | None = None) -> Path:

@@ -25,7 +25,7 @@ from mqbench.paths import proxy_dirs
 from mqbench.proxy.conformance import check_proxy
 from mqbench.proxy.context import Stats
 from mqbench.proxy.contract import expected_name, import_check, load_proxy_file
-from mqbench.proxy.sandbox import Captured, check_limits, layers, run_limited
+from mqbench.proxy.sandbox import Captured, check_limits, layers, marked, run_limited
 from mqbench.scoring.harness import EvalOptions, evaluate_proxy
 from mqbench.task.spec import load_task
 from mqbench.truth.bench import open_bench
@@ -56,16 +56,6 @@ class Check:
     ok: bool
     detail: str
     output: str = ""
-
-
-def proxy_output(captured: list[Captured]) -> str:
-    """What the sandboxed calls printed, each stream labelled, '' when they printed nothing."""
-    parts = []
-    for c in captured:
-        for stream, text in (("stdout", c.stdout), ("stderr", c.stderr)):
-            if text.strip():
-                parts.append(f"[{stream}]\n{text.rstrip()}")
-    return "\n".join(parts)
 
 
 def name_clash(path: Path, name: str) -> str:
@@ -111,7 +101,7 @@ def check_submission(path: str | Path, opts: SubmitOptions = SubmitOptions(),
     checks: list[Check] = []
 
     def add(name, ok, detail, captured=()) -> bool:
-        checks.append(Check(name, ok, detail, proxy_output(list(captured))))
+        checks.append(Check(name, ok, detail, marked(captured)))
         report(checks[-1])
         return ok
 

@@ -45,14 +45,20 @@ def cmd_eval(args) -> None:
             print_saved(saved)
 
 
+def print_check(c) -> None:
+    """One verdict line, then what the proxy printed during the check, every line marked."""
+    print(f"  {'PASS' if c.ok else 'FAIL'}  {c.name:11s} {c.detail}", flush=True)
+    if c.output:
+        print(c.output, flush=True)
+
+
 def cmd_submit_check(args) -> int:
     A.tasks(args, DEFAULT_TASKS)  # a misspelt task fails before the summary starts
     opts = SubmitOptions(tasks=tuple(A.task_names(args, DEFAULT_TASKS)), timeout=args.timeout,
                          mem_mb=args.mem_mb, bootstrap=args.bootstrap,
                          record=not args.no_record, progress=not args.quiet)
     print(f"submit-check {args.proxy} on {', '.join(opts.tasks)}")
-    ok, _ = check_submission(args.proxy, opts, report=lambda c: print(
-        f"  {'PASS' if c.ok else 'FAIL'}  {c.name:11s} {c.detail}", flush=True))
+    ok, _ = check_submission(args.proxy, opts, report=print_check)
     if ok:
         print("passed: add the proxy file and the record files above to your pull request")
         return 0

@@ -15,7 +15,8 @@ def cmd_discover(args) -> None:
     task = A.one_task(args, "discover")
     settings = Settings(task.name, generator=args.generator, generations=args.generations,
                         population=args.population, seed=args.seed, margin=args.dpo_margin,
-                        dpo_every=args.dpo_every, max_new_tokens=args.max_new_tokens)
+                        dpo_every=args.dpo_every, max_new_tokens=args.max_new_tokens,
+                        fitness_split=args.fitness_split)
     llm = LLMOptions(model=args.model or "", base_url=args.base_url or "",
                      api_key=args.api_key or "", adapter=args.adapter)
     rep = discover(task, settings, Path(args.out),
@@ -56,6 +57,10 @@ def register(sub) -> None:
                    "(or $OPENAI_BASE_URL)")
     p.add_argument("--api-key", help="openai: API key (or $OPENAI_API_KEY)")
     p.add_argument("--adapter", help="hf: LoRA adapter directory to start from")
+    p.add_argument("--fitness-split", default="val", choices=["val", "test"],
+                   help="table split candidates are ranked on: val (the validation split of "
+                   "a protocol-2 table, default) or test (protocol-1 tables, which have no "
+                   "other; the winner's test numbers on the search task are then in-sample)")
     p.add_argument("--max-new-tokens", type=int, default=512,
                    help="hf: answer length limit in tokens (default 512)")
     p.add_argument("--dpo-every", type=int, default=1,

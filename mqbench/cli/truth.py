@@ -8,6 +8,7 @@ from mqbench.cli import args as A
 from mqbench.quant.space import BitConfig
 from mqbench.truth.bench import open_bench
 from mqbench.truth.build import build_parallel, build_table, default_jobs, merge_shards
+from mqbench.truth.noise import ceiling_lines
 from mqbench.truth.store import Table, export_table, load_table, open_table
 
 
@@ -51,6 +52,8 @@ def summary(table: Table) -> None:
         print(f"  noise floor ({m['noise_pairs']} configs, {what}): Spearman acc "
               f"{float(m['noise_spearman_acc']):.3f}, KL {float(m['noise_spearman_kl']):.3f}, "
               f"mean |Δacc| {float(m['noise_mean_abs_acc_diff']):.4f}")
+    for line in ceiling_lines(m):  # protocol-2 tables: ceilings, broken and tied shares
+        print(line)
 
 
 def cmd_show(args) -> None:

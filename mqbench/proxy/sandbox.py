@@ -112,6 +112,20 @@ class Captured:
     stderr: str
 
 
+def marked(captured, indent: str = "    ") -> str:
+    """What sandboxed calls printed, each line behind '| ', '' when they printed nothing.
+
+    The mark is what keeps a proxy's own "PASS ..." line from passing for mqbench's verdict.
+    """
+    lines = []
+    for c in captured:
+        for stream, text in (("stdout", c.stdout), ("stderr", c.stderr)):
+            if text.strip():
+                lines.append(f"{indent}| proxy {c.name!r} printed on its {stream}:")
+                lines += [f"{indent}| {line}" for line in text.rstrip().split("\n")]
+    return "\n".join(lines)
+
+
 def printable(text: str) -> str:
     """`text` without terminal control sequences: only newline, tab and printable characters."""
     return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text)

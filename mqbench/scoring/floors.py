@@ -36,10 +36,9 @@ from mqbench.quant.space import BitConfig
 from mqbench.scoring.harness import layer_truth
 from mqbench.task.spec import Task
 from mqbench.truth.bench import open_bench
+from mqbench.truth.noise import USABLE_ACC_DROP, USABLE_PPL_RATIO
 from mqbench.truth.store import Table, open_table
 
-USABLE_ACC_DROP = 0.05  # usable: accuracy within 5 points of full precision
-USABLE_PPL_RATIO = 1.05  # LM tasks: perplexity within 5% of full precision
 RANDOM_DRAWS = 200  # seeds of the random floor
 FLOORS = ("uniform", "count_low_bits", "size")  # deterministic floors ("best floor" is one)
 ORACLES = ("oracle_layer", "oracle_curvature", "oracle_additive")

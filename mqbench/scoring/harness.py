@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from mqbench.paths import atomic_path, cache_dir
 from mqbench.provenance import software
 from mqbench.proxy.context import Stats
 from mqbench.proxy.contract import Proxy, check_scores, damage_matrix
-from mqbench.proxy.sandbox import check_limits, run_limited
+from mqbench.proxy.sandbox import check_limits, marked, run_limited
 from mqbench.quant.space import BitConfig
 from mqbench.scoring import allocate as A
 from mqbench.scoring import metrics as S
@@ -91,10 +92,11 @@ class Measured:
         return m
 
 
-def layer_truth(table, space) -> np.ndarray:
-    """Per-unit measured sensitivity: CE increase with the unit alone at the lowest bits."""
-    fp_loss = table.kind("fp").loss.iloc[0]
-    layer = table.kind("layer")
+def layer_truth(table, space, split: str = "test") -> np.ndarray:
+    """Per-unit measured sensitivity: CE increase with the unit alone at the lowest bits
+    (on `split`: "test" for reported numbers, "val" for anything that selects)."""
+    fp_loss = table.kind("fp", split=split).loss.iloc[0]
+    layer = table.kind("layer", split=split)
     low = space.weight_bits[0]
     out = np.full(len(space.units), np.nan)
     for r in layer.itertuples():
@@ -111,7 +113,13 @@ def _call(p: Proxy, stats, configs, opts: EvalOptions):
             return p.fn(*args)
         except Exception as exc:
             raise MqbenchError(f"proxy {p.name!r} raised {type(exc).__name__}: {exc}") from None
-    return run_limited(p.fn, args, name=p.name, timeout=opts.timeout, mem_mb=opts.mem_mb)
+    captured: list = []
+    try:
+        return run_limited(p.fn, args, name=p.name, timeout=opts.timeout, mem_mb=opts.mem_mb,
+                           capture=captured)
+    finally:  # shown even when the call failed: a proxy's own print is how its author debugs it
+        if opts.progress and marked(captured):
+            print(marked(captured, indent="  "), file=sys.stderr, flush=True)
 
 
 def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> Record:

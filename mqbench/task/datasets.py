@@ -4,7 +4,9 @@ Every image loader returns `Split(x uint8 [N,C,H,W], y int64 [N])`; text loaders
 `mqbench.task.text`) return token windows `Split(x int64 [N,L], y int64 [N,L])`. Normalisation
 happens per batch on the way into the model, so ImageNet-sized evaluation sets stay 4x
 smaller in memory.
-Missing data is a one-line error that says how to provide it.
+Missing data is a one-line error that says how to provide it. `DataSpec` (a task's `[data]`
+section) and `DATASETS` (the one table of datasets it may name) live here, so the task spec
+imports them and nothing here imports the spec.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,8 +26,33 @@ from mqbench.errors import MqbenchError
 from mqbench.task.text import corpus, tokenize
 from mqbench.task.text.tokenize import vocab_size
 
-if TYPE_CHECKING:  # spec validates dataset names against DATASETS below, so it imports us
-    from mqbench.task.spec import DataSpec
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Dataset, splits and how many samples calibration and evaluation use."""
+
+    dataset: str  # digits | fashion-mnist | cifar10 | imagenet-folder | imagenet-hf |
+    #              python-docs | wikitext2 (text: the task is a causal LM)
+    root: str = ""  # data folder; empty = the dataset's default lookup
+    hf_name: str = ""  # Hugging Face dataset id for imagenet-hf / wikitext2
+    hf_config: str = ""  # Hugging Face dataset configuration (wikitext2: wikitext-2-raw-v1)
+    calibration_samples: int = 256
+    eval_split: str = "test"
+    eval_samples: int = 2000  # 0 = the whole split
+    image_size: int = 0  # 0 = the dataset's native size
+    mean: tuple[float, ...] = ()  # channel statistics the model expects; () = the dataset's
+    std: tuple[float, ...] = ()
+    # Text tasks: samples are windows of seq_len tokens; calibration/eval counts are windows.
+    seq_len: int = 0
+    tokenizer: str = ""  # "" = a BPE tokenizer trained by mqbench on the train split
+    vocab_size: int = 0  # size of that trained tokenizer
+    corpus_sha256: str = ""  # pins the corpus the task was built on ("" = not pinned)
+    # Protocol 2: the validation (search) set. "train" holds val_samples out of the training
+    # split (the model never trains or calibrates on them); another split name (text:
+    # "validation") takes val_samples of that split (0 = all of it).
+    val_split: str = ""
+    val_samples: int = 0
+
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -21,7 +21,7 @@ import tomllib
 
 from mqbench.errors import MqbenchError, did_you_mean
 from mqbench.paths import task_dirs
-from mqbench.task.datasets import DATASETS
+from mqbench.task.datasets import DATASETS, DataSpec
 
 DEFAULT_TASK = "fmnist-resnet8"
 
@@ -54,33 +54,6 @@ class ModelSpec:
     ffn: int = 0  # MLP width of the project's own Llama; 0 = 3 x dim
     dtype: str = "float32"  # source = "hf": weights' dtype (bfloat16 halves memory at 7B+)
     train: TrainSpec = field(default_factory=TrainSpec)
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Dataset, splits and how many samples calibration and evaluation use."""
-
-    dataset: str  # digits | fashion-mnist | cifar10 | imagenet-folder | imagenet-hf |
-    #              python-docs | wikitext2 (text: the task is a causal LM)
-    root: str = ""  # data folder; empty = the dataset's default lookup
-    hf_name: str = ""  # Hugging Face dataset id for imagenet-hf / wikitext2
-    hf_config: str = ""  # Hugging Face dataset configuration (wikitext2: wikitext-2-raw-v1)
-    calibration_samples: int = 256
-    eval_split: str = "test"
-    eval_samples: int = 2000  # 0 = the whole split
-    image_size: int = 0  # 0 = the dataset's native size
-    mean: tuple[float, ...] = ()  # channel statistics the model expects; () = the dataset's
-    std: tuple[float, ...] = ()
-    # Text tasks: samples are windows of seq_len tokens; calibration/eval counts are windows.
-    seq_len: int = 0
-    tokenizer: str = ""  # "" = a BPE tokenizer trained by mqbench on the train split
-    vocab_size: int = 0  # size of that trained tokenizer
-    corpus_sha256: str = ""  # pins the corpus the task was built on ("" = not pinned)
-    # Protocol 2: the validation (search) set. "train" holds val_samples out of the training
-    # split (the model never trains or calibrates on them); another split name (text:
-    # "validation") takes val_samples of that split (0 = all of it).
-    val_split: str = ""
-    val_samples: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Prefix-shared evaluation: configurations that agree on their first units share those units'
 activations instead of recomputing them.
 
-A model that is a chain of stages (the project's ResNets, torchvision ResNets, timm ViTs cut
-into embedding, attention halves, MLP fc1 and fc2 parts and head) is run stage by stage. Configurations
+A model that is a chain of stages (the project's ResNets and torchvision's, cut inside each
+basic block after its first conv; timm ViTs cut into embedding, attention halves, the MLP's
+fc1 and fc2 parts and head) is run stage by stage. Configurations
 are sorted by their bits stage by stage, so those sharing a prefix are consecutive; the output
 of every stage boundary is cached for the current prefix (one tensor per batch, bounded by a
 memory budget: the evaluator streams the images through in chunks), and each configuration
@@ -33,18 +34,43 @@ class Stage:
     fn: Callable[[torch.Tensor], torch.Tensor]
 
 
+def _block_in(b: nn.Module):
+    return lambda x: (x, b.relu(b.bn1(b.conv1(x))))
+
+
+def _block_out(b: nn.Module):
+    def out(s):
+        x, h = s
+        identity = x if b.downsample is None else b.downsample(x)
+        return b.relu(b.bn2(b.conv2(h)) + identity)
+    return out
+
+
+def _blocks(m: nn.Module, stages: tuple[str, ...]) -> list[Stage]:
+    """Residual stages block by block; a basic block (ours or torchvision's) is cut after
+    its first conv (the boundary carries the block input for the shortcut)."""
+    out = []
+    for name in stages:
+        for i, b in enumerate(getattr(m, name)):
+            p = f"{name}.{i}"
+            if type(b).__name__ == "BasicBlock":
+                out += [Stage((f"{p}.conv1", f"{p}.bn1"), _block_in(b)),
+                        Stage((f"{p}.conv2", f"{p}.bn2", f"{p}.downsample"), _block_out(b))]
+            else:
+                out.append(Stage((p,), b))
+    return out
+
+
 def _small_resnet(m: SmallResNet) -> list[Stage]:
     stages = [Stage(("conv1", "bn1"), lambda x: m.relu(m.bn1(m.conv1(x))))]
-    for name in ("layer1", "layer2", "layer3"):
-        stages += [Stage((f"{name}.{i}",), blk) for i, blk in enumerate(getattr(m, name))]
+    stages += _blocks(m, ("layer1", "layer2", "layer3"))
     return stages + [Stage(("fc",), lambda x: m.fc(torch.flatten(
         F.adaptive_avg_pool2d(x, 1), 1)))]
 
 
 def _torchvision_resnet(m: nn.Module) -> list[Stage]:
     stages = [Stage(("conv1", "bn1"), lambda x: m.maxpool(m.relu(m.bn1(m.conv1(x)))))]
-    for name in ("layer1", "layer2", "layer3", "layer4"):
-        stages += [Stage((f"{name}.{i}",), blk) for i, blk in enumerate(getattr(m, name))]
+    stages += _blocks(m, ("layer1", "layer2", "layer3", "layer4"))
     return stages + [Stage(("fc",), lambda x: m.fc(torch.flatten(m.avgpool(x), 1)))]
 
 

@@ -225,8 +225,8 @@ def export_table(task: Task) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     con = connect(table.path, read_only=True)
     try:
-        con.execute(f"COPY (SELECT {', '.join(columns(schema_of(task)))} FROM results ORDER BY kind, cal_seed, "
-                    f"key) TO '{out / 'table.parquet'}' (FORMAT PARQUET)")
+        con.execute(f"COPY (SELECT {', '.join(columns(schema_of(task)))} FROM results ORDER BY "
+                    f"kind, cal_seed, key) TO '{out / 'table.parquet'}' (FORMAT PARQUET)")
     finally:
         con.close()
     (out / "table_meta.json").write_text(json.dumps(table.meta, indent=1, sort_keys=True) + "\n")

@@ -122,6 +122,23 @@ def test_eval_json_output_and_no_downstream(tiny_env, tmp_path, capsys):
     assert stored.scores == rec.scores
 
 
+def test_eval_shows_what_the_proxy_printed_marked_and_apart_from_the_result(tiny_env, tmp_path,
+                                                                           capsys):
+    path = tmp_path / "loud.py"
+    path.write_text('import sys\nfrom mqbench.proxy import proxy\n\n'
+                    '@proxy(name="loud", version=1)\n'
+                    'def loud(stats):\n    print("spearman: +0.999")\n'
+                    '    print("debug", file=sys.stderr)\n'
+                    '    return [float(stats.weights[m].norm()) for m in stats.modules]\n')
+    assert main(["eval", "--proxy", str(path), "--task", "tiny", "--json", "--no-downstream",
+                 "--bootstrap", "0", "--no-record"]) == 0
+    got = capsys.readouterr()
+    assert len(got.out.strip().splitlines()) == 1  # the JSON record alone
+    assert "  | proxy 'loud' printed on its stdout:\n  | spearman: +0.999\n" in got.err
+    assert "  | proxy 'loud' printed on its stderr:\n  | debug" in got.err
+    assert not any(line.startswith("spearman") for line in got.err.splitlines())
+
+
 def test_closed_pipe_is_not_a_traceback():
     """`mqbench proxies | head -1`: the reader has gone before mqbench writes (EPIPE)."""
     proc = subprocess.Popen([sys.executable, "-m", "mqbench.cli", "proxies"],

@@ -36,7 +36,7 @@ def test_sandbox_overhead_per_candidate(benchmark, tiny_env, tmp_path):
 
     name = "fmnist-resnet8" if (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists() \
         else "tiny"
-    ctx = context(load_task(name))
+    ctx = context(load_task(name), split="test")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
 

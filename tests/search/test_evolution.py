@@ -53,7 +53,7 @@ def _nodes(tree):
 
 @pytest.fixture
 def ctx(tiny_env):
-    return context(load_task("tiny"))
+    return context(load_task("tiny"), split="test")  # protocol 1: test rows only
 
 
 def test_fitness_agrees_with_the_harness(ctx):
@@ -105,7 +105,7 @@ def _log(workdir):
 
 
 def test_loop_is_monotone_deterministic_and_resumes_exactly(ctx, tmp_path):
-    s = Settings("tiny", generations=4, population=12, seed=3)
+    s = Settings("tiny", generations=4, population=12, seed=3, fitness_split="test")
     gen = SymbolicGenerator(s)
     full = run(ctx, gen, s, tmp_path / "full", progress=False)
     best = [h["best"] for h in full.history]
@@ -154,7 +154,7 @@ def test_bad_checkpoints_are_one_line_errors(ctx, tmp_path):
 def test_discover_cli_writes_a_registered_proxy(tiny_env, tmp_path, capsys):
     out = tmp_path / "found_it.py"
     assert main(["discover", "--task", "tiny", "--generations", "2", "--population", "8",
-                 "--out", str(out), "--quiet"]) in (0, None)
+                 "--out", str(out), "--quiet", "--fitness-split", "test"]) in (0, None)
     text = capsys.readouterr().out
     assert "found_it" in text and "<- discovered" in text
     p = load_proxy_file(out)
@@ -184,7 +184,7 @@ def test_symbolic_search_reproduces_the_shipped_proxy(tmp_path):
     if not (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("needs Fashion-MNIST in " + str(FMNIST_SYSTEM_DIR))
     task = load_task("fmnist-resnet8")
-    rep = discover(task, Settings(task.name, generations=40), tmp_path / "discovered_symbolic.py",
+    rep = discover(task, Settings(task.name, generations=40, fitness_split="test"), tmp_path / "discovered_symbolic.py",
                    holdout=(load_task("fmnist-vit"),), progress=False)
     assert rep.best.born == 38 and rep.state.evaluated == 2662
     # The shipped file says 3 invalid: it predates the screen that also counts a constant
@@ -202,7 +202,7 @@ def test_fitness_throughput(benchmark, tiny_env):
 
     name = "fmnist-resnet8" if (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists() \
         else "digits-resnet8"
-    c = context(load_task(name))
+    c = context(load_task(name), split="test")
     f = module_features(c.stats)
     trees = [T.random_tree(np.random.default_rng(i), 4) for i in range(200)]
 

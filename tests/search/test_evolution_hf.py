@@ -174,7 +174,7 @@ def test_discover_cli_with_the_hf_generator_and_resume(tiny_env, tiny_llm, tmp_p
     run = tmp_path / "run"
     base = ["discover", "--task", "tiny", "--generator", "hf", "--model", str(tiny_llm),
             "--population", "4", "--max-new-tokens", "96", "--out", str(out),
-            "--checkpoint", str(run), "--quiet"]
+            "--checkpoint", str(run), "--quiet", "--fitness-split", "test"]
     assert main(base + ["--generations", "1"]) in (0, None)
     msg = capsys.readouterr().out
     ckpt = json.loads((run / CHECKPOINT).read_text())

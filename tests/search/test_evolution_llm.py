@@ -122,7 +122,7 @@ def _llm_run(ctx, chat, workdir, generations, resume=False):
 
 
 def test_llm_loop_end_to_end_with_hostile_answers(tiny_env, replay, tmp_path):
-    ctx = context(load_task("tiny"))
+    ctx = context(load_task("tiny"), split="test")
     chat = OpenAIChat(model="m", base_url=replay.url, cache_dir=tmp_path / "cache")
     workdir = tmp_path / "run"
     first = _llm_run(ctx, chat, workdir, 0)  # the initial population
@@ -204,7 +204,8 @@ def test_discover_cli_with_the_openai_generator(tiny_env, replay, tmp_path, caps
     out = tmp_path / "llm_found.py"
     assert main(["discover", "--task", "tiny", "--generator", "openai", "--model", "m",
                  "--base-url", replay.url, "--api-key", "k", "--generations", "1",
-                 "--population", "8", "--out", str(out), "--quiet"]) in (0, None)
+                 "--population", "8", "--out", str(out), "--quiet", "--fitness-split",
+                 "test"]) in (0, None)
     msg = capsys.readouterr().out
     assert "requests" in msg and "template probabilities" in msg
     p = load_proxy_file(out)

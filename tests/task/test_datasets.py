@@ -13,7 +13,7 @@ import torch
 
 from mqbench.errors import MqbenchError
 from mqbench.task import datasets as D
-from mqbench.task.spec import DataSpec
+from mqbench.task.datasets import DataSpec
 
 # Class c of the fake ImageNet folders is a flat image of this colour, so labels can be
 # checked against pixels after JPEG, resize and crop.

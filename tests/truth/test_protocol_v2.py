@@ -19,6 +19,9 @@ from scipy import stats
 from mqbench.errors import MqbenchError
 from mqbench.quant.quantizer import FP
 from mqbench.quant.space import BitConfig, Space, sample_by_damage, sample_configs
+from mqbench.search.evolution.discover import discover
+from mqbench.search.evolution.fitness import context
+from mqbench.search.evolution.loop import Settings
 from mqbench.task import datasets as D
 from mqbench.task.spec import load_task
 from mqbench.testing import TINY_TASK
@@ -188,6 +191,38 @@ def test_protocol1_table_has_no_validation(tiny_env):
         table.configs("val")
 
 
+# ---------------------------------------------------------------- who reads which split
+def test_discovery_ranks_on_validation_and_reports_on_test(built, tmp_path):
+    task, rows = built.task, built.rows
+    val, test = context(task, split="val"), context(task, split="test")
+    configs = rows[rows.kind.isin(["uniform", "sample"]) & (rows.cal_seed == task.seed)]
+    np.testing.assert_array_equal(val.acc, configs.drop_duplicates("key").val_acc)
+    np.testing.assert_array_equal(test.acc, configs.drop_duplicates("key").acc)
+    assert not np.array_equal(val.acc, test.acc)
+    # per-layer truth: validation cross-entropy of each unit alone at 2 bits minus the float's
+    mine = rows[rows.cal_seed == task.seed]
+    fp_val = mine[mine.kind == "fp"].val_loss.iloc[0]
+    units = list(open_bench(task, progress=False).space.units)
+    expect = np.full(len(units), np.nan)
+    for r in mine[mine.kind == "layer"].itertuples():
+        if r.w_bits[units.index(r.unit)] == 2:
+            expect[units.index(r.unit)] = r.val_loss - fp_val
+    np.testing.assert_allclose(val.truth, expect)
+    assert not np.allclose(val.truth, test.truth)
+    rep = discover(task, Settings("tiny2", generations=1, population=6), tmp_path / "found.py",
+                   progress=False)
+    text = rep.path.read_text()
+    assert "Training task tiny2 (searched on its validation split): fitness" in text
+    assert "Held-out task tiny2 (test split) (no tuning on it)" in text
+    assert set(rep.holdout) == {"tiny2 (test split)"}
+
+
+def test_a_search_on_a_protocol1_table_must_say_test(tiny_env):
+    with pytest.raises(MqbenchError, match="no validation split.*--fitness-split test"):
+        context(load_task("tiny"))
+    assert context(load_task("tiny"), split="test").split == "test"
+
+
 # ---------------------------------------------------------------- rows
 def test_table_rows_and_their_halves(built):
     task, rows = built.task, built.rows
@@ -264,7 +299,8 @@ def test_ceilings_equal_an_independent_computation(built):
     assert len(half) == task.table.configs + 3 and len(lay_seed) == 16
     for key, value in expected.items():
         got = float(meta[key])
-        assert (math.isnan(got) and math.isnan(value)) or got == pytest.approx(value, abs=1e-12), key
+        same = math.isnan(got) and math.isnan(value) or got == pytest.approx(value, abs=1e-12)
+        assert same, key
     assert sum(not math.isnan(v) for v in expected.values()) >= 8
     # table statistics
     fp = main[main.kind == "fp"].acc.iloc[0]
@@ -449,3 +485,28 @@ def test_lm_task_split_half_and_validation_windows(lm_env):
     val = Evaluator(bench, qm, 4, bench.val_split).token_metrics(
         qm.apply(bench.space.layer_bits(cfg)))
     assert row.val_loss == pytest.approx(val.loss, rel=1e-5)
+
+
+def test_torchvision_resnet_chain_reproduces_its_forward():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    stages = P.chain(model)
+    assert stages is not None and len(stages) == 1 + 2 * 8 + 1
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        out = x
+        for stage in stages:
+            out = stage.fn(out)
+        assert torch.equal(out, model(x))
+
+
+def test_show_prints_the_ceilings_stored_in_the_table(built, capsys):
+    from mqbench.cli.main import main
+
+    assert main(["show", "--task", "tiny2"]) == 0
+    out = capsys.readouterr().out
+    meta = built.meta
+    assert (f"noise ceiling (split-half test set, {meta['ceiling_half_configs_n']} configs): "
+            f"Spearman all {float(meta['ceiling_half_configs_all']):.3f}") in out
+    assert "below chance x 2" in out

@@ -96,6 +96,12 @@ def leaderboard_of(ctx: Context, extra: dict[str, Fitness] | None = None) -> lis
                                        r[0]))
 
 
+def _split_words(split: str) -> str:
+    # A test-split search keeps protocol 1's wording, so the shipped discovered_symbolic.py
+    # is still reproduced byte for byte; its rows are marked in-sample (IN_SAMPLE.toml).
+    return " (searched on its validation split)" if split == "val" else ""
+
+
 def _docstring_safe(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
 
@@ -106,8 +112,9 @@ def write_proxy(gen: Generator, state: State, out: Path, name: str, fit: Fitness
     best, s = state.best, state.settings
     why, code = gen.render(best.genome, name)
     lines = [f"Discovered by `mqbench discover` (generator: {gen.label}).", "", why, "",
-             (f"Training task {s.task}: fitness {fit.phi:.4f} (rho_sens {fit.rho_sens:.4f}, "
-              f"table-lookup Acc {fit.acc:.4f}, config Spearman {fit.spearman:.4f}).")]
+             (f"Training task {s.task}{_split_words(s.fitness_split)}: fitness "
+              f"{fit.phi:.4f} (rho_sens {fit.rho_sens:.4f}, table-lookup Acc {fit.acc:.4f}, "
+              f"config Spearman {fit.spearman:.4f}).")]
     for task, f in (holdout or {}).items():
         lines.append(f"Held-out task {task} (no tuning on it): fitness {f.phi:.4f} "
                      f"(rho_sens {f.rho_sens:.4f}, Acc {f.acc:.4f}, "
@@ -140,7 +147,7 @@ def discover(task: Task, settings: Settings, out: Path, *, holdout: tuple[Task, 
         raise MqbenchError(f"settings are for task {settings.task!r}, not {task.name!r}")
     workdir = Path(workdir) if workdir is not None else default_workdir(out)
     gen = make_generator(settings, workdir, llm)
-    ctx = context(task, progress)
+    ctx = context(task, progress, settings.fitness_split)
     state = run(ctx, gen, settings, workdir, resume=resume, progress=progress)
     best = state.best
     if best is None:
@@ -148,8 +155,12 @@ def discover(task: Task, settings: Settings, out: Path, *, holdout: tuple[Task, 
                            f"({state.invalid} invalid); see {workdir / CANDIDATES}")
     fit = gen.score(ctx, [best.genome], ["best"], spearman=True)[0].fitness
     held = {}
+    if ctx.split == "val":  # the search task's own test images: never searched on
+        tctx = context(task, progress, "test")
+        held[f"{task.name} (test split)"] = (tctx, gen.score(
+            tctx, [best.genome], ["best-test"], spearman=True)[0].fitness)
     for h in holdout:
-        hctx = context(h, progress)
+        hctx = context(h, progress, "test")
         held[h.name] = (hctx, gen.score(hctx, [best.genome], [f"best-{h.key}"],
                                         spearman=True)[0].fitness)
     path = write_proxy(gen, state, out, name, fit, {k: f for k, (_, f) in held.items()})
@@ -174,7 +185,9 @@ def format_report(rep: Report) -> str:
         lines.append(f"generator DPO after generation {d['generation']}: {d['pairs']} pairs" + (
             f", logp margin {d['margin_before']:.3f} -> {d['margin_after']:.3f}, adapter "
             f"{rep.workdir / d['adapter']}" if d["pairs"] else " (no update)"))
-    for label, rows in [(f"training task {st.settings.task}", rep.train)] + [
+    searched = _split_words(st.settings.fitness_split) or " (searched on its TEST split: " \
+        "protocol-1 table, its test numbers are in-sample)"
+    for label, rows in [(f"training task {st.settings.task}{searched}", rep.train)] + [
             (f"held-out task {k} (no tuning on it)", v) for k, v in rep.holdout.items()]:
         lines.append(f"\n{label}: fitness phi (table-lookup Acc), best first")
         for name, f in rows:

@@ -9,6 +9,10 @@
   allocation (seconds per candidate); both reward ranking the good configurations first,
   but the numbers differ, so `mqbench discover` reports the harness's own φ for the winner.
 * α is the task's `harness.alpha` (default 0.1, TAP's value).
+* Data: a search ranks candidates on the table's validation split (`split="val"`, protocol-2
+  tables), never on the test images its numbers are reported on. A protocol-1 table holds
+  test rows only: searching on it needs `split="test"` said out loud, and the result is
+  marked in-sample on test data. Held-out tasks are reported on "test".
 
 All hand-designed proxies are scored by the same function (`proxy_fitness`), so "the
 discovered proxy beats every registered one" compares like with like. Invalid candidates
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mqbench.errors import MqbenchError
 from mqbench.proxy.context import Stats
 from mqbench.proxy.contract import Proxy, damage_matrix
 from mqbench.proxy.sandbox import run_limited
@@ -59,16 +64,28 @@ class Context:
     truth: np.ndarray  # [units] measured sensitivity
     alpha: float
     quality: np.ndarray  # [configs] what proxies are ranked against (Table.quality)
+    split: str = "val"  # the table split every number above comes from
 
 
-def context(task: Task, progress: bool = False) -> Context:
+SPLIT_CHOICES = ("val", "test")
+
+
+def context(task: Task, progress: bool = False, split: str = "val") -> Context:
+    """Prepare `task`'s fitness on `split`: "val" to search, "test" to report (see above)."""
+    if split not in SPLIT_CHOICES:
+        raise MqbenchError(f"fitness split {split!r}: choose val (to search) or test (to report)")
     table = ensure_table(task, progress)
+    if split == "val" and table.protocol != 2:
+        raise MqbenchError(
+            f"the table of {task.key} is protocol 1: it has no validation split, and a search "
+            f"must not select on test data; search a protocol-2 task (e.g. --task "
+            f"tasks/protocol2/{task.name}.toml) or pass --fitness-split test (the result is "
+            f"then marked in-sample on test data)")
     bench = open_bench(task, progress)
     stats = Stats(bench)
     stats.compute_all()
     space = bench.space
-    rows = table.rows[(table.rows.cal_seed == task.seed)
-                      & table.rows.kind.isin(["uniform", "sample"])].drop_duplicates("key")
+    rows = table.configs(split).drop_duplicates("key")
     unit_of = np.asarray(space.unit_of)
     pert_units = np.zeros((len(space.units), len(space.weight_bits)))
     np.add.at(pert_units, unit_of, stats.perturbation)
@@ -77,8 +94,8 @@ def context(task: Task, progress: bool = False) -> Context:
               for b in task.harness.budgets]
     return Context(task, stats, unit_of, pert_units, np.asarray(stats.perturbation),
                    config_matrix(space, rows.key.to_numpy()), rows.acc.to_numpy(),
-                   [w for w in within if len(w)], layer_truth(table, space),
-                   task.harness.alpha, table.quality(rows))
+                   [w for w in within if len(w)], layer_truth(table, space, split),
+                   task.harness.alpha, table.quality(rows), split)
 
 
 def from_damage(ctx: Context, damage: np.ndarray, sens_units: np.ndarray,

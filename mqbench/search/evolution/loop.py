@@ -69,6 +69,7 @@ class Settings:
     margin: float = 0.01  # LLM: minimum fitness gap of a preference pair
     dpo_every: int = 1  # hf: one DPO update of the generator every K generations (0: never)
     workers: int = 2  # LLM: candidates scored at once, each in its own sandboxed process
+    fitness_split: str = "val"  # the table split candidates are ranked on (fitness.py)
 
     def __post_init__(self):
         if self.generator not in GENERATORS:
@@ -76,6 +77,9 @@ class Settings:
                                f"{', '.join(GENERATORS)}")
         if self.generations < 0 or self.population < 2:
             raise MqbenchError("need --generations >= 0 and --population >= 2")
+        if self.fitness_split not in ("val", "test"):
+            raise MqbenchError(f"--fitness-split {self.fitness_split!r}: choose val (the "
+                               f"validation split, default) or test (protocol-1 tables only)")
         if self.dpo_every < 0 or self.max_new_tokens < 1:
             raise MqbenchError("need --dpo-every >= 0 and --max-new-tokens >= 1")
         if min(self.children, self.init_tries) < 0 or min(self.tournament, self.siblings,

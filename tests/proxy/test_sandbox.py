@@ -19,36 +19,11 @@ import pytest
 import torch
 
 from mqbench.errors import MqbenchError
+from mqbench.paths import REPO_ROOT
 from mqbench.proxy import sandbox
 from mqbench.proxy.sandbox import StatsView, check_limits, layers, printable, run_limited
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def server():
-    """A TCP server on the parent's loopback that records whether anyone connected."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    srv.settimeout(0.2)
-    hits = []
-    stop = threading.Event()
-
-    def accept():
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-                hits.append(1)
-                conn.close()
-            except OSError:
-                pass
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield srv.getsockname()[1], hits
-    stop.set()
-    t.join(2)
-    srv.close()
+REPO = str(REPO_ROOT)
 
 
 # Functions the sandbox runs: module level, so the worker can import them by reference.

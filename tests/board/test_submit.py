@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,9 @@ import pytest
 from mqbench.board.submit import SubmitOptions, check_submission
 from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
-from mqbench.testing import write_task
+from mqbench.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 GOOD = '''"""Weight norm times Hessian trace."""
 from mqbench.proxy import proxy
 
@@ -25,23 +23,6 @@ def f(stats):
     return [float(stats.weights[m].norm() * (1 + stats.hessian_trace[i]))
             for i, m in enumerate(stats.modules)]
 '''
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One tiny task and cache for the module: the table and statistics are built once."""
-    base = tmp_path_factory.mktemp("submit")
-    (base / "tasks").mkdir()
-    write_task(base / "tasks")
-    return base
-
-
-@pytest.fixture
-def env(shared, tmp_path, monkeypatch):
-    monkeypatch.setenv("MQBENCH_TASKS", str(shared / "tasks"))
-    monkeypatch.setenv("MQBENCH_CACHE", str(shared / "cache"))
-    monkeypatch.setenv("MQBENCH_LEADERBOARD", str(tmp_path / "lb"))
-    return tmp_path / "lb"
 
 
 OPTS = SubmitOptions(tasks=("tiny",), timeout=2, mem_mb=1024, bootstrap=0, progress=False)
@@ -69,30 +50,6 @@ def test_good_proxy_passes_and_is_recorded(env, tmp_path):
     assert rec["proxy_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert rec["n_configs"] == len(rec["scores"]) and rec["metrics"]["spearman"] is not None
     assert "recorded" not in checks[-1].detail and "(new)" in checks[-1].detail
-
-
-@pytest.fixture
-def server():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    srv.settimeout(0.2)
-    hits = []
-    stop = threading.Event()
-
-    def accept():
-        while not stop.is_set():
-            try:
-                srv.accept()[0].close()
-                hits.append(1)
-            except OSError:
-                pass
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield srv.getsockname()[1], hits
-    stop.set()
-    t.join(2)
-    srv.close()
 
 
 def _hostile(evil: Path, port: int) -> dict[str, tuple[str, str]]:

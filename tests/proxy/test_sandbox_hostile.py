@@ -1,4 +1,4 @@
-"""The escapes and cheats of issue 19, each tried by a hostile proxy file (tests/hostile/) and
+"""The escapes and cheats of issue 19, each tried by a hostile proxy file (tests/proxy/hostile/) and
 shown contained: the attack's effect is checked from outside (marker files, listeners, the
 record, the process table), not only the error message."""
 
@@ -22,6 +22,7 @@ import pytest
 import mqbench
 from mqbench.board.submit import SubmitOptions, check_submission, name_clash
 from mqbench.cli.main import main
+from mqbench.cli.proxy import print_check
 from mqbench.errors import MqbenchError
 from mqbench.paths import REPO_ROOT
 from mqbench.proxy import sandbox
@@ -39,7 +40,6 @@ from mqbench.proxy.contract import (
 from mqbench.proxy.sandbox import VIEW_FIELDS, run_limited, stats_view
 from mqbench.scoring.harness import EvalOptions, evaluate_proxy
 from mqbench.task.spec import load_task
-from mqbench.testing import write_task
 from mqbench.truth.bench import open_bench
 from mqbench.truth.build import ensure_table
 
@@ -50,30 +50,13 @@ FAKE = SimpleNamespace(modules=tuple(f"m{i}" for i in range(6)))  # enough for r
 
 
 def hostile(name: str, folder: Path, **tokens) -> Path:
-    """Copy tests/hostile/<name>.py into `folder`, replacing __TOKEN__ placeholders."""
+    """Copy tests/proxy/hostile/<name>.py into `folder`, replacing __TOKEN__ placeholders."""
     text = (HOSTILE / f"{name}.py").read_text()
     for key, value in tokens.items():
         text = text.replace(f"__{key}__", str(value))
     path = folder / f"{name}.py"
     path.write_text(text)
     return path
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One tiny task whose table and statistics are built once for the module."""
-    base = tmp_path_factory.mktemp("hostile")
-    (base / "tasks").mkdir()
-    write_task(base / "tasks")
-    return base
-
-
-@pytest.fixture
-def env(shared, tmp_path, monkeypatch):
-    monkeypatch.setenv("MQBENCH_TASKS", str(shared / "tasks"))
-    monkeypatch.setenv("MQBENCH_CACHE", str(shared / "cache"))
-    monkeypatch.setenv("MQBENCH_LEADERBOARD", str(tmp_path / "lb"))
-    return tmp_path / "lb"
 
 
 @pytest.fixture
@@ -206,7 +189,7 @@ def test_environment_secrets_do_not_leak(env, monkeypatch, tmp_path):
     assert "PATH=" in text and "hunter2" not in text and "MQBENCH" not in text
 
 
-def test_printed_verdicts_are_the_proxys_not_ours(env, tmp_path):
+def test_printed_verdicts_are_the_proxys_not_ours(env, tmp_path, capsys):
     opts = SubmitOptions(tasks=("tiny",), timeout=10, mem_mb=1024, bootstrap=0,
                          progress=False, record=False)
     ok, checks = check_submission(hostile("fake_verdicts", tmp_path), opts,
@@ -214,8 +197,14 @@ def test_printed_verdicts_are_the_proxys_not_ours(env, tmp_path):
     assert ok, checks
     assert not any("+0.999" in c.detail or "faked" in c.detail for c in checks)
     out = next(c for c in checks if c.name == "conformance").output
-    assert "[stdout]\n  PASS  score       tiny: Spearman +0.999" in out
-    assert "[stderr]" in out and "faked" in out and "\x1b" not in out
+    # every line it printed sits behind the mark, none starts like a verdict line
+    assert "printed on its stdout:\n    |   PASS  score       tiny: Spearman +0.999" in out
+    assert "printed on its stderr:" in out and "faked" in out and "\x1b" not in out
+    assert all(line.startswith("    | ") for line in out.split("\n")), out
+    for c in checks:  # as `mqbench submit-check` prints them
+        print_check(c)
+    verdicts = [l for l in capsys.readouterr().out.splitlines() if l.startswith(("  PASS", "  FAIL"))]
+    assert len(verdicts) == len(checks) and not any("0.999" in l for l in verdicts)
 
 
 # --------------------------------------------------------------------------- 5: Unix sockets
