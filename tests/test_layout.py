@@ -12,8 +12,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "mqbench"
 # Lower layers first; a module may import only its own layer or layers before it.
-LAYERS = ["errors", "paths", "provenance", "task", "quant", "truth", "proxy", "scoring", "board",
-          "search", "api", "cli", "testing", "__init__", "__main__"]
+LAYERS = ["errors", "paths", "provenance", "progress", "task", "quant", "truth", "proxy",
+          "scoring", "board", "search", "api", "cli", "testing", "__init__", "__main__"]
 
 
 def _modules() -> dict[str, Path]:

@@ -109,9 +109,11 @@ def _task_spec(t: Task) -> str:
             ("bit-widths", (f"weights {{{', '.join(map(str, q.weight_bits))}}}, activations "
                             f"{{{', '.join(map(str, q.act_bits))}}} (32 = float){tie}")),
             ("quantizer", _quantizer(t)),
-            ("table", (f"{tb.configs:,} sampled configurations in {tb.strata} strata of "
-                       f"average bits, {tb.noise_configs} re-measured under seed "
-                       f"{tb.noise_seed}")),
+            ("table", (f"ground truth v{tb.protocol}: {tb.configs:,} sampled "
+                       f"configurations ({tb.sampling} sampling, {tb.strata} strata), "
+                       f"{tb.noise_configs} re-measured under seed {tb.noise_seed}" + (
+                           f"; every row also on two test halves and on {d.val_samples:,} "
+                           f"validation samples" if tb.protocol == 2 else ""))),
             ("downstream", (f"ILP budgets {', '.join(f'{b:g}' for b in h.budgets)} average "
                             f"weight bits, priced by size and by BOPs; &phi; uses "
                             f"&alpha; = {h.alpha:g}")),

@@ -52,9 +52,11 @@ REFERENCE = {
                "best an additive proxy can do. The gap from the oracle to the best proxy is "
                "the room left; the gap from the oracle to 1 comes from interactions between "
                "layers that no per-layer score can see.")),
-    "ceiling": ("Noise ceiling", ("the correlation of the table with itself re-measured under a "
-                "second calibration seed: no proxy can be expected to exceed it, and a metric "
-                "within noise of it cannot be improved on this table.")),
+    "ceiling": ("Noise ceiling", ("the correlation of the table with itself measured twice: on "
+                "two disjoint halves of the test set (ground truth v2, test-sample noise) or, "
+                "for version-1 tables, under a second calibration seed: no proxy can be "
+                "expected to exceed it, and a metric within noise of it cannot be improved on "
+                "this table.")),
 }
 GLOSSARY = {  # report columns that are not registered metrics
     "per_config_ms": "milliseconds per configuration: proxy time plus scoring time divided by "
@@ -63,8 +65,11 @@ GLOSSARY = {  # report columns that are not registered metrics
     "acc": "top-1 accuracy (LM tasks: next-token accuracy) of the ILP allocation, quantized "
            "and evaluated",
     "best_table_acc": "best table configuration within the same budget",
-    "gap": "best table value within the budget minus the allocation's (negative: the "
-           "allocation beats every sampled table configuration)",
+    "ppl": "LM tasks: perplexity exp(cross-entropy) of the ILP allocation on the test windows",
+    "best_table_ppl": "LM tasks: lowest perplexity of a table configuration within the budget",
+    "gap": "how far the allocation is from the best table configuration within the budget "
+           "(accuracy: best minus the allocation's; perplexity: the allocation's minus best; "
+           "negative: the allocation beats every sampled table configuration)",
     "size_kb": "weight storage of the allocation, KiB", "mbops": "bit operations, millions",
     "search_s": "seconds the proxy took (statistics shared by all proxies not counted)",
 }

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from mqbench.board import verdict_tables as VT
 from mqbench.board.render import (
     DASH,
@@ -99,7 +101,7 @@ def correlation_report(task: str, records: list[Record]) -> Report:
         m = r.metrics
         row = {"proxy": r.proxy, "version": r.proxy_version, "role": VT.role_of(r),
                "per_config_ms": _num(r.timing.per_config_ms)}
-        if in_sample(r.proxy, task):
+        if in_sample(r.proxy, r.task):
             row["in_sample"] = True
         for c in metrics:
             row[c.key] = _num(m.get(c.key))
@@ -144,24 +146,42 @@ DOWNSTREAM = (
 )
 
 
+# LM tasks: perplexity exp(cross-entropy), as their correlation table (lower is better)
+DOWNSTREAM_LM = (
+    Column("ppl", "perplexity", "PPL", digits=3, higher_better=False),
+    Column("best_table_ppl", "best in table", "Best in table", digits=3, ranked=False),
+    Column("gap", "gap to best", "gap", digits=3, higher_better=False),
+    *DOWNSTREAM[3:],
+)
+
+
+def _ppl(loss) -> float:
+    return float("nan") if loss is None else float(np.exp(loss))
+
+
 def downstream_report(task: str, records: list[Record]) -> Report:
+    lm = VT.truth_label(task) == "perplexity"
     rows = []
     for r in records:
         for d in r.downstream:
-            rows.append({"budget": f"{d.budget_avg_bits:g} bits ({d.metric})",
-                         "proxy": r.proxy, "acc": _num(d.acc),
-                         "best_table_acc": _num(d.best_table_acc),
-                         "gap": _num(d.gap_to_best),
-                         "size_kb": _num(d.size_bits) / 8 / 1024,
-                         "mbops": _num(d.bops) / 1e6,
-                         "search_s": _num(r.timing.proxy_seconds),
-                         "_order": (d.metric != "size", d.budget_avg_bits)})
-    rows.sort(key=lambda x: (x["_order"], -x["acc"], x["proxy"]))
+            row = {"budget": f"{d.budget_avg_bits:g} bits ({d.metric})", "proxy": r.proxy,
+                   "size_kb": _num(d.size_bits) / 8 / 1024, "mbops": _num(d.bops) / 1e6,
+                   "search_s": _num(r.timing.proxy_seconds),
+                   "_order": (d.metric != "size", d.budget_avg_bits)}
+            if lm:  # gap: how much higher its perplexity is than the best table entry's
+                row.update(ppl=_ppl(d.loss), best_table_ppl=_ppl(d.best_table_loss),
+                           gap=_ppl(d.loss) - _ppl(d.best_table_loss))
+            else:
+                row.update(acc=_num(d.acc), best_table_acc=_num(d.best_table_acc),
+                           gap=_num(d.gap_to_best))
+            rows.append(row)
+    rows.sort(key=lambda x: (x["_order"], x["ppl"] if lm else -x["acc"], x["proxy"]))
     for row in rows:
         del row["_order"]
-    return Report(f"{task}: accuracy of each proxy's ILP bit allocation under a budget",
-                  (("budget", "budget"), ("proxy", "proxy")), DOWNSTREAM, tuple(rows),
-                  group="budget")
+    what = "perplexity" if lm else "accuracy"
+    return Report(f"{task}: {what} of each proxy's ILP bit allocation under a budget",
+                  (("budget", "budget"), ("proxy", "proxy")), DOWNSTREAM_LM if lm else DOWNSTREAM,
+                  tuple(rows), group="budget")
 
 
 TABLES = {"correlation": correlation_report, "verdict": verdict_report, "rules": rules_report,

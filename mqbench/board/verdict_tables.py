@@ -195,11 +195,13 @@ def verdict_notes(v: V.TaskVerdict) -> list[str]:
         f"two-sided bootstrap p < {V.ALPHA:g} over the task's {m} proxies, else at floor. "
         f"Bold: the best ranked proxy and every proxy not significantly below it (Holm over "
         f"the other proxies). Usable: the {v.n_usable} configurations with {v.usable_rule}."),
-        (f"Noise ceiling: the same metric between the table's two calibration seeds on its "
-        f"{v.noise_pairs} re-measured configurations ({c_use.ceiling_n} of them usable); "
-        f"≈ ceiling: the proxy's interval reaches it. It leaves out test-sample noise, so "
-        f"the true ceiling is lower. ρ_sens: Spearman of the per-unit sensitivity with the "
-        f"unit-alone loss increase at the lowest bits, 95% bootstrap over the units. ties: "
+        (f"Noise ceiling: the same metric between the table's two measurements of its "
+        f"{v.noise_pairs} configurations measured twice ({c_use.ceiling_n} of them usable): "
+        + ("two disjoint halves of the test set (test-sample noise; each half holds half "
+           "the images, so this ceiling is conservative)" if v.noise_source == "half" else
+           "two calibration seeds (it leaves out test-sample noise, so the true ceiling is "
+           "lower)") + "; ≈ ceiling: the proxy's interval reaches it. ρ_sens: Spearman of "
+        f"the per-unit sensitivity with the unit-alone loss increase at the lowest bits, 95% bootstrap over the units. ties: "
         f"share of configurations whose score equals another's (ceiling row: of the ground "
         f"truth). {RANDOM_BAND}: mean over seeds. † in-sample: searched or tuned on this "
         f"task, never best."),
@@ -229,6 +231,13 @@ def rules_report(task: str, records: list[Record]) -> Report:
         return Report(title, labels, RULE_COLUMNS, (), notes=(("No ground-truth table at hand "
                                                                "for this task."),))
     by_name = {r.proxy: r for r in records}
+    # ρ_sens at the other measured low bit-widths (protocol-2 tables: every one below the top)
+    extra = sorted({b for x in v.sens.values() for b, _, _ in x.by_bits[1:]})
+    columns = RULE_COLUMNS + tuple(
+        c for b in extra for c in (
+            Column(f"sens_{b}", f"ρ_sens of s @{b} bits", rf"$\rho_{{sens}}(s)$@{b}"),
+            Column(f"sens_term_{b}", f"ρ_sens of the term @{b} bits",
+                   rf"$\rho_{{sens}}$(term)@{b}")))
     rows = []
     for e in v.entries:
         if e.name not in v.rules:
@@ -240,6 +249,9 @@ def rules_report(task: str, records: list[Record]) -> Report:
                **v.rules[e.name],
                "layer_spearman": sens.value if sens else math.nan,
                "layer_spearman_term": sens.damage if sens else math.nan}
+        at = {b: (x, t) for b, x, t in (sens.by_bits if sens else ())}
+        for b in extra:
+            row[f"sens_{b}"], row[f"sens_term_{b}"] = at.get(b, (math.nan, math.nan))
         if e.in_sample:
             row["in_sample"] = True
         rows.append(row)
@@ -262,10 +274,11 @@ def rules_report(task: str, records: list[Record]) -> Report:
         "Rank gain: how many places a proxy rises when moved from the bit-weighted to the "
         "perturbation-weighted rule. ρ_sens of the score's term: the same Spearman for "
         "s_l·(‖ΔW_l‖² at the lowest bits − at the highest), what the configuration score "
-        "actually adds up. Paper-specific rules (HAWQ-V2's Pareto, OMPQ's ILP) are not "
-        "reproduced."),)
-    return Report(title, labels, RULE_COLUMNS, tuple(rows),
-                  best=frozenset(value_best(Report(title, labels, RULE_COLUMNS, tuple(rows)))),
+        "actually adds up" + (f"; @b bits: the same against each unit alone at b bits "
+        f"(layer_bit proxies: only their lowest-bit s is recorded)" if extra else "") +
+        ". Paper-specific rules (HAWQ-V2's Pareto, OMPQ's ILP) are not reproduced."),)
+    return Report(title, labels, columns, tuple(rows),
+                  best=frozenset(value_best(Report(title, labels, columns, tuple(rows)))),
                   notes=notes)
 
 

@@ -31,18 +31,21 @@ def print_saved(saved) -> None:
 
 
 def cmd_eval(args) -> None:
-    p = get_proxy(args.proxy)
+    proxies = ([get_proxy(args.proxy)] if args.proxy else
+               [p for _, p in sorted(list_proxies().items())])
     opts = EvalOptions(bootstrap=args.bootstrap, timeout=args.timeout, mem_mb=args.mem_mb,
                        progress=not args.quiet, downstream=not args.no_downstream)
-    for task in A.tasks(args):
-        rec = evaluate_proxy(p, task, opts)
-        saved = None if args.no_record else save_record(rec, force=args.replace)
-        if args.json:  # machine-readable: the result record, one JSON document per line
-            print(json.dumps(rec.to_dict(), sort_keys=True))
-            continue
-        print(format_result(rec))
-        if saved:
-            print_saved(saved)
+    tasks = A.tasks(args)
+    for task in tasks:
+        for p in proxies:
+            rec = evaluate_proxy(p, task, opts)
+            saved = None if args.no_record else save_record(rec, force=args.replace)
+            if args.json:  # machine-readable: the result record, one JSON document per line
+                print(json.dumps(rec.to_dict(), sort_keys=True), flush=True)
+                continue
+            print(format_result(rec), flush=True)
+            if saved:
+                print_saved(saved)
 
 
 def print_check(c) -> None:
@@ -60,7 +63,9 @@ def cmd_submit_check(args) -> int:
     print(f"submit-check {args.proxy} on {', '.join(opts.tasks)}")
     ok, _ = check_submission(args.proxy, opts, report=print_check)
     if ok:
-        print("passed: add the proxy file and the record files above to your pull request")
+        print("passed: add the proxy file to your pull request (CI re-measures it)" +
+              ("; the records above are yours to inspect, commit them only if asked"
+               if opts.record else "; nothing was recorded (--no-record)"))
         return 0
     print("failed: fix the FAIL above and run again; nothing was recorded")
     return 1
@@ -77,9 +82,14 @@ def register(sub) -> None:
                        "Kendall, Spearman@top-k, layer-level Spearman and the accuracy of its "
                        "ILP bit allocations. Builds the task's table on first use. Results are "
                        "recorded under leaderboard/records/ unless --no-record.",
-                       epilog="example: mqbench eval --proxy proxies/tap_best.py "
-                       "--task fmnist-resnet8,fmnist-vit")
-    p.add_argument("--proxy", required=True, help="proxy file (proxies/NAME.py) or name")
+                       epilog="examples: mqbench eval --proxy proxies/tap_best.py "
+                       "--task fmnist-resnet8,fmnist-vit; mqbench eval --all --task "
+                       "fmnist-resnet8 --replace")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--proxy", help="proxy file (proxies/NAME.py) or name")
+    which.add_argument("--all", action="store_true",
+                       help="every registered proxy, one after another (e.g. to re-record a "
+                       "task after its table changed: --all --task T --replace)")
     A.add_tasks(p)
     A.add_bootstrap(p)
     A.add_limits(p)

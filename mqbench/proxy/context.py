@@ -86,6 +86,15 @@ def hessian_top_eig(model: nn.Module, modules, x, y, iters: int = POWER_ITERATIO
     return out
 
 
+# the cached groups' file names (Stats._cached), so a caller can tell minutes from a load
+STAT_GROUPS = ("basic", "activations", "gradients", "hessian-v2", "data_free-v2")
+
+
+def all_cached(stats: Stats) -> bool:
+    """Every statistics group of `stats` is on disk already (computing them is a load)."""
+    return all((stats.folder / f"{g}.pt").exists() for g in STAT_GROUPS)
+
+
 class Stats:
     """Read-only statistics of one task's model. Attributes are computed lazily and cached.
 

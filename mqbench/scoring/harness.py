@@ -21,8 +21,10 @@ import numpy as np
 
 from mqbench.errors import MqbenchError
 from mqbench.paths import atomic_path, cache_dir
+from mqbench.progress import bar as progress_bar
+from mqbench.progress import stage
 from mqbench.provenance import software
-from mqbench.proxy.context import Stats
+from mqbench.proxy.context import Stats, all_cached
 from mqbench.proxy.contract import Proxy, check_scores, damage_matrix
 from mqbench.proxy.sandbox import check_limits, marked, run_limited
 from mqbench.quant.space import BitConfig
@@ -132,7 +134,9 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
                            f"--force`")
     space = bench.space
     stats = Stats(bench)
-    stats.compute_all()  # the sandbox gets a read-only view of them, shipped once
+    with stage(f"proxy statistics of {task.key} (computed once, then cached)",
+               opts.progress and not all_cached(stats)):
+        stats.compute_all()  # the sandbox gets a read-only view of them, shipped once
     configs = table.configs().sort_values("key", kind="stable").reset_index(drop=True)
     # (key order: bootstrap resamples, hence CIs, do not depend on how the table was built)
     keys = configs.key.to_numpy()
@@ -157,6 +161,9 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
     downstream = []
     if opts.downstream and damage is not None:
         measure = Measured(bench, task.seed)
+        n_budgets = 2 * len(task.harness.budgets)
+        bar = progress_bar(n_budgets, "ILP allocations (measured once, then cached)",
+                           opts.progress, unit="alloc")
         fixed = A.fixed_indices(space, task.harness.fixed)
         all_rows = table.rows[(table.rows.cal_seed == task.seed)
                               & table.rows.kind.isin(["uniform", "sample"])]
@@ -172,7 +179,10 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
                 downstream.append(Allocation(
                     budget_avg_bits=avg, metric=metric, config=cfg.key, acc=m.acc, loss=m.loss,
                     kl=m.kl, size_bits=space.size_bits(cfg), bops=space.bops(cfg),
-                    best_table_acc=best, gap_to_best=best - m.acc))
+                    best_table_acc=best, gap_to_best=best - m.acc,
+                    best_table_loss=float(within.loss.min()) if len(within) else None))
+                bar.update()
+        bar.close()
     metrics.update(S.downstream_metrics(metrics, downstream, task.harness.alpha))
 
     return Record(

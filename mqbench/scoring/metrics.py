@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import stats as scistats  # not `stats`: that is the proxy context
 
 from mqbench.errors import MqbenchError
 from mqbench.scoring import resample as RS
@@ -118,7 +118,7 @@ def spearman(x, y) -> float:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
-    return float(stats.spearmanr(x, y).statistic)
+    return float(scistats.spearmanr(x, y).statistic)
 
 
 def kendall(x, y) -> float:
@@ -126,7 +126,7 @@ def kendall(x, y) -> float:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
-    return float(stats.kendalltau(x, y).statistic)
+    return float(scistats.kendalltau(x, y).statistic)
 
 
 def spearman_at_topk(scores, truth, keys, r: float) -> float:

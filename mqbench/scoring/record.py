@@ -26,6 +26,7 @@ TABLE_PROVENANCE_KEYS = ("package_version", "git_commit", "torch_version", "weig
 
 # Fields added after the first records: left out of the JSON while None (older files lack them).
 _OMIT_IF_NONE = ("table_provenance", "recorded_at")
+_OMIT_IF_NONE_ALLOCATION = ("best_table_loss",)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Allocation:
     bops: int | None  # bit operations; None where not measured (AutoMixQ)
     best_table_acc: float | None  # best table configuration's accuracy within the budget
     gap_to_best: float | None  # best_table_acc - acc (negative: beats every table entry)
+    # lowest table cross-entropy within the budget: LM tasks report perplexity exp(loss)
+    best_table_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,9 @@ class Record:
         for key in _OMIT_IF_NONE:
             if out[key] is None:
                 del out[key]
-        out["downstream"] = [dataclasses.asdict(d) for d in self.downstream]
+        out["downstream"] = [{k: v for k, v in dataclasses.asdict(d).items()
+                              if v is not None or k not in _OMIT_IF_NONE_ALLOCATION}
+                             for d in self.downstream]
         return out
 
     def to_json(self) -> str:

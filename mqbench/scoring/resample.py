@@ -23,7 +23,7 @@ import itertools
 import math
 
 import numpy as np
-from scipy import stats
+from scipy import stats as scistats  # not `stats`: that is the proxy context
 
 # Kendall's tau-b costs one [resamples, N] x [N, N] product per variable pair; above this
 # many configurations the sign matrix is processed in column blocks to bound memory.
@@ -224,7 +224,7 @@ def concordance(values: np.ndarray) -> tuple[float, float]:
     m, n = v.shape
     if m < 2 or n < 2:
         return math.nan, math.nan
-    ranks = np.vstack([stats.rankdata(row) for row in v])
+    ranks = np.vstack([scistats.rankdata(row) for row in v])
     tot = ranks.sum(axis=0)
     s = float(((tot - tot.mean()) ** 2).sum())
     ties = sum(float((c ** 3 - c).sum()) for c in
@@ -233,7 +233,7 @@ def concordance(values: np.ndarray) -> tuple[float, float]:
     if denom <= 0:
         return math.nan, math.nan
     w = 12 * s / denom
-    return w, float(stats.chi2.sf(m * (n - 1) * w, n - 1))
+    return w, float(scistats.chi2.sf(m * (n - 1) * w, n - 1))
 
 
 def unit_bootstrap(x, y, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -255,7 +255,7 @@ def permutation_pvalue(x, y, resamples: int = 20000, seed: int = 0) -> float:
     n = len(x)
     if n < 3:
         return math.nan
-    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    rx, ry = scistats.rankdata(x), scistats.rankdata(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     norm = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
     if norm == 0:

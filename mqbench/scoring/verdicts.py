@@ -111,6 +111,9 @@ class Sens:
     p: float  # two-sided permutation p (exact up to 9 units)
     damage: float  # the same for the per-unit term the score uses (s_u * ΔW² at low bits)
     units: int
+    # per weight bit-width b below the top with single-layer rows at b (protocol-2 tables
+    # have them all): (b, Spearman of s vs the truth at b, of the score's term s_u * ΔW²_b)
+    by_bits: tuple[tuple[int, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class TaskVerdict:
     random_draws: int
     random_percentile: float | None  # where the `random` record's ρs@100% falls among draws
     excluded: dict[str, str]  # record -> why it is not compared
+    noise_source: str = "seed"  # what the ceilings repeat (floors.NOISE_WORDS)
 
     def entry(self, name: str) -> Entry:
         return next(e for e in self.entries if e.name == name)
@@ -277,7 +281,25 @@ def _sens(data: F.TaskData, e: Entry) -> Sens | None:
         term = s * (data.pert[:, 0] - data.pert[:, -1])
     lo, hi = RS.unit_bootstrap(s, truth, UNIT_RESAMPLES, seed)
     return Sens(S.spearman(s, truth), lo, hi, RS.permutation_pvalue(s, truth, seed=seed),
-                S.spearman(term, truth), len(s))
+                S.spearman(term, truth), len(s), _by_bits(data, e))
+
+
+def _by_bits(data: F.TaskData, e: Entry) -> tuple[tuple[int, float, float], ...]:
+    """ρ_sens at each measured low bit-width (a layer_bit entry's s holds only the lowest)."""
+    out = []
+    for j, b in enumerate(data.weight_bits[:-1]):
+        truth = data.layer_damage[:, j]
+        if not np.all(np.isfinite(truth)):
+            continue
+        if e.kind == "layer_bit":
+            term = e.sensitivity if j == 0 else np.full_like(truth, np.nan)
+        elif e.name == "oracle_additive":
+            term = truth  # its score adds the measured damages themselves
+        else:
+            term = e.sensitivity * (data.pert[:, j] - data.pert[:, -1])
+        out.append((int(b), S.spearman(e.sensitivity, truth),
+                    S.spearman(term, truth) if np.all(np.isfinite(term)) else math.nan))
+    return tuple(out)
 
 
 def _compute(task_name: str, records: list[Record], resamples: int) -> TaskVerdict:
@@ -329,7 +351,8 @@ def _compute(task_name: str, records: list[Record], resamples: int) -> TaskVerdi
     return TaskVerdict(task_name, "perplexity" if task.is_lm else "accuracy", data.n,
                        int(data.usable.sum()), data.usable_rule, resamples, task.seed,
                        len(F.noise_pairs(data)[0]), F.tie_share(data.quality), tuple(entries),
-                       comparisons, sens, ties, tiebreak, rules, F.RANDOM_DRAWS, pct, excluded)
+                       comparisons, sens, ties, tiebreak, rules, F.RANDOM_DRAWS, pct, excluded,
+                       F.noise_source(data))
 
 
 # ---------------------------------------------------------------- across tasks

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mqbench.errors import MqbenchError
+from mqbench.progress import bar as progress_bar
 from mqbench.task.text import corpus, tokenize
 from mqbench.task.text.tokenize import vocab_size
 
@@ -240,8 +240,12 @@ def _imagenet_transform(size: int):
 
 
 def _stack(images, labels, transform) -> Split:
-    xs = [transform(img.convert("RGB")) for img in tqdm(images, desc="decode", leave=False,
-                                                        total=len(labels))]
+    bar = progress_bar(len(labels), "decode images", unit="img")
+    xs = []
+    for img in images:
+        xs.append(transform(img.convert("RGB")))
+        bar.update()
+    bar.close()
     if not xs:
         raise MqbenchError("the dataset split is empty; point --data-dir at a non-empty folder")
     return Split(torch.stack(xs), torch.tensor(labels, dtype=torch.int64))

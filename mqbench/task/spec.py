@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -129,6 +130,9 @@ class Task:
     automixq: AutoMixQSpec = field(default_factory=AutoMixQSpec)
     path: str = ""  # where it was read from (not part of the file)
     checksum: str = ""  # sha256 of the file's bytes (not part of the file)
+    # sha256 of what the file says (its parsed values, canonical JSON): comments and layout
+    # may change without invalidating the tables built from it (not part of the file)
+    spec_checksum: str = ""
 
     @property
     def key(self) -> str:
@@ -181,7 +185,7 @@ def _coerce(value, tp, where: str):
 
 def _build(cls, raw: dict, where: str):
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("path", "checksum")]
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("path", "checksum", "spec_checksum")]
     section = _SECTION_NAMES[cls]
     for key in raw:
         if key not in names:
@@ -346,8 +350,10 @@ def parse_task(text: str, source: str = "<string>") -> Task:
     except tomllib.TOMLDecodeError as exc:
         raise MqbenchError(f"task file {source}: not valid TOML ({exc})") from None
     task = _build(Task, raw, f"task file {source}")
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
     task = dataclasses.replace(task, path=source,
-                               checksum=hashlib.sha256(text.encode()).hexdigest())
+                               checksum=hashlib.sha256(text.encode()).hexdigest(),
+                               spec_checksum=hashlib.sha256(canonical.encode()).hexdigest())
     _check(task, f"task file {source}")
     return task
 

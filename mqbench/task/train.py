@@ -14,10 +14,10 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mqbench.errors import MqbenchError
 from mqbench.paths import atomic_path, cache_dir, shipped_dir
+from mqbench.progress import bar as progress_bar
 from mqbench.task import artifacts
 from mqbench.task.datasets import Split, to_input
 
@@ -70,7 +70,7 @@ def train_model(model: nn.Module, data: Split, mean, std, spec, seed: int,
         loss_fn = nn.CrossEntropyLoss()
         model.train()
         step = 0
-        bar = tqdm(total=total, desc="train", disable=not progress, leave=False)
+        bar = progress_bar(total, "train", progress, unit="step")
         while step < total:
             perm = torch.randperm(n, generator=gen)
             for i in range(0, n, spec.batch_size):

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
-from tqdm import tqdm
+from scipy import stats as scistats  # not `stats`: that is the proxy context
 
 from mqbench.errors import MqbenchError
+from mqbench.progress import bar as progress_bar
 from mqbench.quant.quantizer import FP
 from mqbench.quant.space import BitConfig, sample_configs
 from mqbench.task import datasets as D
@@ -104,7 +104,7 @@ def noise_floor(rows: pd.DataFrame, seed: int, noise_seed: int) -> dict[str, flo
     out = {"noise_pairs": len(common)}
     for metric in ("acc", "loss", "kl"):
         out[f"noise_spearman_{metric}"] = float(
-            stats.spearmanr(a.loc[common, metric], b.loc[common, metric]).statistic)
+            scistats.spearmanr(a.loc[common, metric], b.loc[common, metric]).statistic)
     out["noise_mean_abs_acc_diff"] = float(np.abs(a.loc[common, "acc"] -
                                                   b.loc[common, "acc"]).mean())
     return out
@@ -167,8 +167,8 @@ def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = 
             todo = todo[:stop_after]
         evaluators = {}
         start = time.perf_counter()
-        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"build {task.key}",
-                   disable=not progress, unit="cfg")
+        bar = progress_bar(len(items), f"build {task.key}", progress,
+                           initial=len(items) - len(todo), unit="cfg")
         for j in range(0, len(todo), chunk):
             batch = []
             for it in todo[j:j + chunk]:
@@ -210,8 +210,7 @@ def _build_v2(task: Task, bench: Bench, path: Path, shard, progress: bool, chunk
         if shard is not None:
             total = len(fixed) + len(range(shard[0], total - len(fixed), shard[1]))
         have = con.execute("SELECT count(*) FROM results").fetchone()[0]
-        bar = tqdm(total=total, initial=have, desc=f"build {task.key}", disable=not progress,
-                   unit="cfg")
+        bar = progress_bar(total, f"build {task.key}", progress, initial=have, unit="cfg")
 
         def stored(n: int) -> None:
             bar.update(n)
@@ -314,15 +313,14 @@ def build_parallel(task: Task, jobs: int, force: bool = False, progress: bool = 
     procs = [ctx.Process(target=_shard_worker,
                          args=(task, (i, jobs), force, queue, os.getpid()),
                          daemon=True) for i in range(jobs)]
-    bench = open_bench(task, progress=False)
+    bench = open_bench(task, progress=progress)  # training (minutes) is shown too
     total = (P2.planned_rows(bench) + (jobs - 1) * len(P2.fixed_items(bench))
              if task.table.protocol == 2 else len(plan(bench)))
     start = time.perf_counter()
     with _main_hidden():
         for proc in procs:
             proc.start()
-    bar = tqdm(total=total, desc=f"build {task.key} ({jobs} jobs)", disable=not progress,
-               unit="cfg")
+    bar = progress_bar(total, f"build {task.key} ({jobs} jobs)", progress, unit="cfg")
     try:
         finished = 0
         while finished < jobs:

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import stats as scistats  # not `stats`: that is the proxy context
 
 from mqbench.task.spec import Task
 
@@ -38,7 +38,7 @@ CONFIG_KINDS = ("uniform", "sample")
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
         return math.nan
-    return float(stats.spearmanr(x, y).statistic)
+    return float(scistats.spearmanr(x, y).statistic)
 
 
 def top_subsets(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:

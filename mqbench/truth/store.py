@@ -143,7 +143,8 @@ def write_meta(con, values: dict) -> None:
 def table_provenance(bench: Bench) -> dict[str, str]:
     task = bench.task
     return {"schema_version": schema_of(task), "task": task.name, "task_version": task.version,
-            "task_checksum": task.checksum, "seed": task.seed,
+            "task_checksum": task.checksum, "task_spec_checksum": task.spec_checksum,
+            "seed": task.seed,
             **software(),
             "weights_checksum": bench.weights_manifest.get("checksum", "pretrained"),
             "eval_samples": len(bench.eval_split), "units": ",".join(bench.space.units),
@@ -176,10 +177,23 @@ def _text_provenance(bench: Bench) -> dict[str, str]:
                                       if s in corpus)}
 
 
+def same_task(meta: dict, task: Task) -> bool:
+    """The table was built from this task: the same values (tables that record them), or
+    for older tables the same file bytes."""
+    if meta.get("task_version", str(task.version)) != str(task.version):
+        return False
+    if meta.get("task_spec_checksum"):
+        return meta["task_spec_checksum"] == task.spec_checksum
+    return meta.get("task_checksum", task.checksum) == task.checksum
+
+
 def check_provenance(stored: dict, bench: Bench, path: Path) -> None:
     fresh = table_provenance(bench)
-    for key in ("task_version", "task_checksum", "seed", "weights_checksum", "units",
-                "tokenizer_sha256", "splits_checksum"):
+    if not same_task(stored, bench.task):  # keys a new shard has not written yet pass
+        raise MqbenchError(f"table {path} was built from a different version of the task "
+                           f"file; rebuild with `mqbench build --task {bench.task.name} "
+                           f"--force` (or bump the task's version)")
+    for key in ("seed", "weights_checksum", "units", "tokenizer_sha256", "splits_checksum"):
         if key in stored and stored[key] != str(fresh[key]):
             raise MqbenchError(f"table {path} was built with a different {key} than the "
                                f"current task; rebuild with `mqbench build --task "
@@ -303,7 +317,7 @@ def load_table(task: Task) -> Table:
         raise MqbenchError(f"table {path} has schema version {meta.get('schema_version')}; "
                            f"task {task.name} (protocol {task.table.protocol}) reads "
                            f"{schema_of(task)}; rebuild with --force")
-    if meta.get("task_version") != str(task.version) or meta.get("task_checksum") != task.checksum:
+    if not same_task(meta, task):
         raise MqbenchError(f"table {path} was built from a different version of task file "
                            f"{task.path}; rebuild with `mqbench build --task {task.name} --force`")
     if rows_checksum(rows) != meta.get("rows_checksum"):

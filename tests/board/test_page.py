@@ -128,17 +128,19 @@ def test_page_numbers_equal_the_records(site):
         down = tables[f"{task}-downstream"]
         keys = [h.get("data-key") for h in down["head"]]
         seen = 0
+        lm = load_task(task).is_lm  # LM tasks: perplexity, lower is better
         for body in down["bodies"]:
             accs = []
             assert body[0]["attrs"]["class"] == "group"  # the budget heads its rows
             for row in body[1:]:
                 name = row["cells"][0][0]
-                acc = float(row["cells"][keys.index("acc")][0])
+                acc = float(row["cells"][keys.index("ppl" if lm else "acc")][0])
                 rec = next(r for r in recs if r.proxy == name)
-                assert acc in [d.acc for d in rec.downstream]
+                want = [math.exp(d.loss) if lm else d.acc for d in rec.downstream]
+                assert any(acc == pytest.approx(w, rel=1e-12) for w in want)
                 accs.append(acc)
                 seen += 1
-            assert accs == sorted(accs, reverse=True)  # ranked within its budget
+            assert accs == sorted(accs, reverse=not lm)  # ranked within its budget
         assert seen == sum(len(r.downstream) for r in recs)
         assert len(down["bodies"]) == len({(d.metric, d.budget_avg_bits)
                                            for r in recs for d in r.downstream})
@@ -186,6 +188,14 @@ def test_page_explains_itself(site):
     for task in recs:
         for name in P.PLOTS:
             assert f'src="{task}_{name}.png"' in text
+    # what the leaderboard concludes, and one paragraph per task: the README's own words
+    summary, notes = publish.conclusions(publish.task_verdicts(list(recs), recs))
+    assert summary and set(notes) == set(recs)
+    plain = html.unescape(re.sub(r"<[^>]+>", "", text))
+    assert "What the leaderboard concludes" in plain
+    for paragraph in (summary, *notes.values()):
+        words = re.sub(r"[*`]", "", paragraph)  # Markdown emphasis and code marks
+        assert " ".join(words.split()[:12]) in " ".join(plain.split()), paragraph[:80]
 
 
 def test_regenerate_writes_only_changed_files(site, monkeypatch):
@@ -359,10 +369,14 @@ def test_additive_damage_recovers_a_known_damage_matrix():
 def test_measured_damage_is_the_single_unit_rows(site):
     table = open_table(load_task("fmnist-resnet8"))
     units, bits, m = P.measured_damage(table)
-    assert bits == [2, 3, 4, 8] and len(units) == 8 and np.isfinite(m).all()
+    assert bits == [2, 3, 4, 8] and len(units) == 8
     fp = table.rows[(table.rows.kind == "fp") & (table.rows.cal_seed == 0)].loss.iloc[0]
     rows = table.rows[(table.rows.kind == "layer") & (table.rows.cal_seed == 0)]
+    measured = np.zeros_like(m, dtype=bool)
     for r in rows.itertuples():  # independent: each row's unit is the one not in float
         u = next(i for i, b in enumerate(r.w_bits) if b != 32)
         assert units[u] == r.unit
         assert m[u, bits.index(r.w_bits[u])] == pytest.approx(r.loss - fp, abs=1e-12)
+        measured[u, bits.index(r.w_bits[u])] = True
+    # a cell is shown exactly where a row measured it (ground truth v2: every bit below 8)
+    assert np.array_equal(np.isfinite(m), measured) and measured[:, :-1].all()

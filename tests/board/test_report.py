@@ -46,6 +46,16 @@ def _records(task: str) -> list[Record]:
     return [Record.from_json(p.read_text()) for p in sorted((RECORDS / task).glob("*.json"))]
 
 
+# fmnist-resnet8's retired protocol-1 table and its records (the audit's verdicts: fisher
+# above the count_low_bits floor, hawqv2 at it), loaded by path
+V1 = str(REPO / "tasks" / "v1" / "fmnist-resnet8.toml")
+
+
+def _records_v1() -> list[Record]:
+    folder = REPO / "leaderboard" / "archive" / "fmnist-resnet8-v1"
+    return [Record.from_json(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
 def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.suffix in {".md", ".csv", ".tex", ".html", ".png"}}
@@ -70,9 +80,9 @@ def test_regenerate_is_byte_identical(board):
 
 
 def test_correlation_table_matches_records():
-    recs = _records("fmnist-resnet8")
-    rep = R.correlation_report("fmnist-resnet8", recs)
-    v = R.verdict_of("fmnist-resnet8", recs)
+    recs = _records_v1()
+    rep = R.correlation_report(V1, recs)
+    v = R.verdict_of(V1, recs)
     rows = {row["proxy"]: row for row in rep.rows}
     # every record, then the reference rows: floors, oracles, the random band, the ceiling
     assert set(rows) == {r.proxy for r in recs} | {e.name for e in v.entries} | {
@@ -126,9 +136,9 @@ def test_correlation_table_matches_records():
 
 
 def test_verdict_table_states_floor_deltas_and_verdicts():
-    recs = _records("fmnist-resnet8")
-    rep = R.verdict_report("fmnist-resnet8", recs)
-    v = R.verdict_of("fmnist-resnet8", recs)
+    recs = _records_v1()
+    rep = R.verdict_report(V1, recs)
+    v = R.verdict_of(V1, recs)
     c, u = v.comparisons[("all", "spearman")], v.comparisons[("usable", "spearman")]
     rows = {row["proxy"]: row for row in rep.rows}
     for name, st in c.stats.items():
@@ -157,8 +167,8 @@ def test_verdict_table_states_floor_deltas_and_verdicts():
 
 
 def test_rules_table_ranks_both_rules():
-    recs = _records("fmnist-resnet8")
-    rep = R.rules_report("fmnist-resnet8", recs)
+    recs = _records_v1()
+    rep = R.rules_report(V1, recs)
     rows = {row["proxy"]: row for row in rep.rows}
     fisher, bsnip = rows["fisher"], rows["bsnip"]
     assert fisher["own"] == fisher["perturbation"]  # a layer proxy's record is the headline
@@ -188,6 +198,22 @@ def test_cross_task_report():
         assert rows[name]["mean_rank"] == pytest.approx(np.mean(per_task))
     assert math.isnan(rows["discovered_symbolic"]["mean_rank"])  # in-sample on one task
     assert "Kendall's W" in R.to_markdown(rep)
+
+
+def test_lm_downstream_table_is_in_perplexity():
+    recs = _records("pydocs-llama")
+    rep = R.downstream_report("pydocs-llama", recs)
+    assert "perplexity" in rep.title and {"ppl", "best_table_ppl"} <= {c.key for c in rep.columns}
+    want = {(r.proxy, f"{d.budget_avg_bits:g} bits ({d.metric})"): d for r in recs
+            for d in r.downstream}
+    for row in rep.rows:
+        assert row["ppl"] == pytest.approx(math.exp(want[(row["proxy"], row["budget"])].loss))
+    best = R.best_cells(rep)
+    for b in {row["budget"] for row in rep.rows}:
+        idx = [i for i, row in enumerate(rep.rows) if row["budget"] == b]
+        ppl = [rep.rows[i]["ppl"] for i in idx]
+        assert ppl == sorted(ppl)  # lower is better
+        assert (idx[0], "ppl") in best and (idx[-1], "ppl") not in best or len(set(ppl)) == 1
 
 
 def test_downstream_table_ranks_within_budget_and_bolds_best():

@@ -4,6 +4,7 @@ bad input refused with a message naming the option (never a traceback)."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
@@ -137,6 +138,28 @@ def test_eval_shows_what_the_proxy_printed_marked_and_apart_from_the_result(tiny
     assert "  | proxy 'loud' printed on its stdout:\n  | spearman: +0.999\n" in got.err
     assert "  | proxy 'loud' printed on its stderr:\n  | debug" in got.err
     assert not any(line.startswith("spearman") for line in got.err.splitlines())
+
+
+def test_eval_all_scores_every_registered_proxy(tiny_env, tmp_path, monkeypatch, capsys):
+    from mqbench.cli import proxy as cli_proxy
+    from mqbench.proxy.contract import load_proxy_file
+
+    files = {}
+    for name in ("pa", "pb"):
+        files[name] = tmp_path / f"{name}.py"
+        files[name].write_text(f'from mqbench.proxy import proxy\n\n@proxy(name="{name}", '
+                               f'version=1)\ndef {name}(stats):\n    return [float(stats.'
+                               f'weights[m].norm()) for m in stats.modules]\n')
+    monkeypatch.setattr(cli_proxy, "list_proxies",
+                        lambda: {n: load_proxy_file(f) for n, f in files.items()})
+    assert main(["eval", "--all", "--task", "tiny", "--json", "--quiet", "--no-downstream",
+                 "--bootstrap", "0", "--no-record"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(line)["proxy"] for line in lines] == ["pa", "pb"]
+    for argv in (["eval", "--task", "tiny"], ["eval", "--all", "--proxy", "pa"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
 
 
 def test_closed_pipe_is_not_a_traceback():

@@ -15,9 +15,9 @@ from mqbench.errors import MqbenchError
 from mqbench.scoring.record import RECORD_SCHEMA, Allocation, Record, Timing, migrate
 
 REPO = Path(__file__).resolve().parents[2]
-# leaderboard/records/fmnist-resnet8/bparams.json as committed in record schema 1
+# leaderboard/records/fmnist-resnet8/bparams.json (table v1) as committed in record schema 1
 V1 = Path(__file__).parent.parent / "data" / "record_v1_fmnist-resnet8_bparams.json.gz"
-V2 = REPO / "leaderboard" / "records" / "fmnist-resnet8" / "bparams.json"
+V2 = REPO / "leaderboard" / "archive" / "fmnist-resnet8-v1" / "bparams.json"  # as migrated
 
 
 def v1_text() -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from mqbench.cli.main import main
 from mqbench.errors import MqbenchError
+from mqbench.paths import REPO_ROOT
 from mqbench.proxy.contract import get_proxy, load_proxy_file
 from mqbench.scoring import allocate as A
 from mqbench.scoring.harness import EvalOptions, evaluate_proxy
@@ -165,6 +166,13 @@ def test_discover_cli_writes_a_registered_proxy(tiny_env, tmp_path, capsys):
                  str(out)]) == 2
     assert "no LLM model given" in capsys.readouterr().err
     assert main(["discover", "--task", "tiny", "--out", str(tmp_path / "bad-name.py")]) == 2
+    capsys.readouterr()
+    assert main(["discover", "--task", "tiny", "--out", str(tmp_path)]) == 2  # a directory
+    err = capsys.readouterr().err
+    assert "name the proxy file to write, ending in .py" in err and err.count("\n") == 1
+    assert main(["discover", "--task", "tiny", "--generations", "1000000000"]) == 2
+    err = capsys.readouterr().err
+    assert "at most 10000 generations" in err and err.count("\n") == 1
 
 
 def test_discovered_proxy_ships_with_consistent_docstring():
@@ -183,8 +191,9 @@ def test_symbolic_search_reproduces_the_shipped_proxy(tmp_path):
 
     if not (FMNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("needs Fashion-MNIST in " + str(FMNIST_SYSTEM_DIR))
-    task = load_task("fmnist-resnet8")
-    rep = discover(task, Settings(task.name, generations=40, fitness_split="test"), tmp_path / "discovered_symbolic.py",
+    task = load_task(str(REPO_ROOT / "tasks" / "v1" / "fmnist-resnet8.toml"))  # searched on v1
+    rep = discover(task, Settings(task.name, generations=40, fitness_split="test"),
+                   tmp_path / "discovered_symbolic.py",
                    holdout=(load_task("fmnist-vit"),), progress=False)
     assert rep.best.born == 38 and rep.state.evaluated == 2662
     # The shipped file says 3 invalid: it predates the screen that also counts a constant

@@ -20,8 +20,8 @@ TASK_FILES = sorted((Path(__file__).resolve().parents[2] / "tasks").glob("*.toml
 # mobilenet_v2 = 52 convs + classifier; ViT-S/DeiT-S = patch embed + 12 x 4 linears + head;
 # Swin-T = patch embed + 12 x 4 linears + 3 patch-merging reductions + head.
 EXPECTED_UNITS = {
-    "cifar10-resnet20": 20, "digits-resnet8": 8, "digits-vit": 10, "fmnist-resnet8": 8,
-    "fmnist-vit": 18, "imagenet-deit": 50, "imagenet-hf-resnet18": 18,
+    "cifar10-resnet20": 20, "digits-quick": 8, "digits-resnet8": 8, "digits-vit": 10,
+    "fmnist-resnet8": 8, "fmnist-vit": 18, "imagenet-deit": 50, "imagenet-hf-resnet18": 18,
     "imagenet-mobilenetv2": 53, "imagenet-resnet18": 18, "imagenet-resnet50": 50,
     "imagenet-swin": 53, "imagenet-vit": 50, "pydocs-llama": 28,
     "wikitext2-llama3-8b": 224, "wikitext2-qwen2.5-7b": 196,

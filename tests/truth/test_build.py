@@ -113,9 +113,30 @@ def test_changed_task_is_refused(tiny_env):
     changed = load_task("tiny")
     with pytest.raises(MqbenchError, match="different"):
         load_table(changed)
-    with pytest.raises(MqbenchError, match="different task_checksum"):
+    with pytest.raises(MqbenchError, match="different version of the task file"):
         build_table(changed, progress=False)
     assert rows_checksum(load_table(task).rows) == load_table(task).meta["rows_checksum"]
+
+
+def test_comments_and_layout_of_the_task_file_may_change(tiny_env):
+    """Tables record what the task says (parsed values), so editing a comment or the order of
+    fields keeps them; older tables without that record are matched by the file's bytes."""
+    task = load_task("tiny")
+    build_table(task, progress=False)
+    meta = load_table(task).meta
+    assert meta["task_spec_checksum"] == task.spec_checksum
+    text = (tiny_env / "tiny.toml").read_text()
+    (tiny_env / "tiny.toml").write_text("# a new comment\n\n" + text.replace(" = ", "  =  "))
+    edited = load_task("tiny")
+    assert edited.checksum != task.checksum and edited.spec_checksum == task.spec_checksum
+    assert load_table(edited).rows.equals(load_table(task).rows)
+    build_table(edited, progress=False)  # complete: nothing to do, nothing refused
+    con = duckdb.connect(str(table_path(task)))  # a table from before spec checksums ...
+    con.execute("DELETE FROM meta WHERE key = 'task_spec_checksum'")
+    con.close()
+    assert load_table(task).meta.get("task_spec_checksum") is None
+    with pytest.raises(MqbenchError, match="different version"):
+        load_table(edited)  # ... is matched by the file's bytes
 
 
 def test_retraining_is_deterministic(tiny_env):

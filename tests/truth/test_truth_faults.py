@@ -142,10 +142,11 @@ def repo_copy(tmp_path, monkeypatch):
     """The repository's task files and shipped artifacts, copied; paths point at the copy."""
     root = tmp_path / "repo"
     shutil.copytree(REPO / "tasks", root / "tasks",
-                    ignore=shutil.ignore_patterns("pydocs-llama-v1", "fmnist-vit-v1"))
+                    ignore=shutil.ignore_patterns("pydocs-llama-v1", "fmnist-vit-v1",
+                                                  "fmnist-resnet8-v1"))
     monkeypatch.setattr(paths, "REPO_ROOT", root)
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
-    return root / "tasks" / "artifacts" / "fmnist-resnet8-v1"
+    return root / "tasks" / "artifacts" / "fmnist-resnet8-v2"
 
 
 def test_the_committed_manifest_matches_every_shipped_file():

@@ -42,9 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from mqbench.errors import MqbenchError
+from mqbench.progress import bar as progress_bar
 from mqbench.quant.quantizer import quantize_groups
 from mqbench.task import datasets as D
 
@@ -232,8 +232,8 @@ class Search:
         elif state.rng:
             rng.bit_generator.state = state.rng
         t0 = time.perf_counter() - state.seconds
-        bar = tqdm(total=len(budgets), initial=len(state.found), desc="automixq",
-                   disable=not self.progress, leave=False)
+        bar = progress_bar(len(budgets), "automixq", self.progress, initial=len(state.found),
+                           unit="budget")
         while (self.avg_bits(state.q) > budgets[-1] + 1e-9 and state.cycle < self.spec.max_cycles):
             parents = [state.q, *state.elites]
             samples = {}

@@ -140,6 +140,9 @@ def discover(task: Task, settings: Settings, out: Path, *, holdout: tuple[Task, 
     """
     out = Path(out)
     name = out.stem
+    if out.is_dir() or out.suffix != ".py":  # checked now, not after the whole search
+        raise MqbenchError(f"--out {out}: name the proxy file to write, ending in .py, e.g. "
+                           f"proxies/discovered_symbolic.py")
     if not name.isidentifier():
         raise MqbenchError(f"--out {out}: the file name must be a Python identifier (it names "
                            f"the proxy), e.g. proxies/discovered_symbolic.py")

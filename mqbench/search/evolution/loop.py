@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from mqbench.errors import MqbenchError
+from mqbench.progress import bar as progress_bar
 from mqbench.search.evolution.fitness import INVALID, Context, Fitness
 
 CHECKPOINT_VERSION = 2
@@ -41,6 +41,12 @@ GENERATORS = ("symbolic", "openai", "hf")
 DUPLICATE = "duplicate behaviour"
 # Settings a resumed run may change: how long it runs, how many sandboxes it uses at once.
 _RESUMABLE = ("generations", "workers")
+
+
+# A bound on one run, so a typo (--generations 1000000000) is refused instead of running
+# for years; 10,000 x 64 symbolic candidates is about 4 minutes, LLM ones cost far more.
+MAX_GENERATIONS = 10_000
+MAX_POPULATION = 10_000
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,10 @@ class Settings:
                                f"{', '.join(GENERATORS)}")
         if self.generations < 0 or self.population < 2:
             raise MqbenchError("need --generations >= 0 and --population >= 2")
+        if self.generations > MAX_GENERATIONS or self.population > MAX_POPULATION:
+            raise MqbenchError(f"--generations {self.generations} / --population "
+                               f"{self.population}: at most {MAX_GENERATIONS} generations of "
+                               f"{MAX_POPULATION} per run; --resume a checkpoint to go further")
         if self.fitness_split not in ("val", "test"):
             raise MqbenchError(f"--fitness-split {self.fitness_split!r}: choose val (the "
                                f"validation split, default) or test (protocol-1 tables only)")
@@ -313,8 +323,8 @@ def run(ctx: Context, gen: Generator, settings: Settings, workdir: Path | None =
             state.members += [c for c in new if not c.why]
         finish(children)
 
-    bar = tqdm(total=settings.generations, initial=state.generation, desc="discover",
-               disable=not progress, unit="gen")
+    bar = progress_bar(settings.generations, "discover", progress, initial=state.generation,
+                       unit="gen")
     done_now = 0
     while state.generation < settings.generations:
         if stop_after is not None and done_now >= stop_after:
