@@ -2,7 +2,8 @@
 
 On a terminal a counted stage is a tqdm bar; anywhere else (CI logs, pipes, files) a bar's
 carriage-return redraws would pile up into one huge line, so a stage prints one line when it
-starts and one when it ends, with its count and time. `enabled=False` (`--quiet`) prints
+starts and one when it ends, with its count and time, and for a long stage one line a minute
+between them (count, rate, time left), so a log shows it is alive. `enabled=False` (`--quiet`) prints
 nothing. `stage` is for uncounted work (statistics, preparation): one line before, one after.
 Imports nothing of mqbench: every layer may use it.
 """
@@ -23,13 +24,23 @@ def _tty() -> bool:
 class Lines:
     """tqdm's interface (update, set_postfix, close) as two log lines: start and end."""
 
+    HEARTBEAT_S = 60.0
+
     def __init__(self, total: int, desc: str, initial: int = 0, unit: str = "it"):
         self.total, self.desc, self.n, self.unit = total, desc, initial, unit
         self.start, self.postfix = time.perf_counter(), ""
+        self.first, self.last = initial, self.start
         print(f"{desc}: {total - initial} of {total} {unit} to do", file=sys.stderr, flush=True)
 
     def update(self, n: int = 1) -> None:
         self.n += n
+        now = time.perf_counter()
+        if self.start is not None and now - self.last >= self.HEARTBEAT_S:
+            self.last = now
+            rate = (self.n - self.first) / (now - self.start)
+            left = f", about {(self.total - self.n) / rate:.0f} s left" if rate > 0 else ""
+            print(f"{self.desc}: {self.n} of {self.total} {self.unit} ({rate:.2f}/s{left})",
+                  file=sys.stderr, flush=True)
 
     def set_postfix(self, **values) -> None:
         self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())

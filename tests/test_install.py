@@ -26,6 +26,19 @@ def test_heavy_stacks_are_extras_not_dependencies():
     assert "mqbench[all]" in extras["test"]
 
 
+def test_the_cpu_only_torch_build_satisfies_the_dependencies():
+    """README's CPU route installs torch 2.13.0+cpu first; `pip install -e .` must keep it
+    (`.ci/cpu-route` checks the real install in a fresh venv)."""
+    from packaging.requirements import Requirement
+
+    deps = {Requirement(d).name: Requirement(d) for d in PYPROJECT["project"]["dependencies"]}
+    assert deps["torch"].specifier.contains("2.13.0+cpu")
+    assert deps["torch"].specifier.contains("2.14.1")  # the reference machine's build
+    assert deps["torchvision"].specifier.contains("0.28.0")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "pip install torch==2.13.0+cpu torchvision==0.28.0" in readme
+
+
 def test_importing_everything_loads_no_heavy_stack():
     code = ("import sys, mqbench, mqbench.cli.main, mqbench.board.publish; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")

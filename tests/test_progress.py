@@ -20,6 +20,20 @@ def test_a_counted_stage_is_two_lines_when_stderr_is_not_a_terminal(capsys):
     assert len(lines) == 2
 
 
+def test_a_long_stage_says_it_is_alive(capsys, monkeypatch):
+    clock = iter([0.0, 30.0, 61.0, 62.0, 200.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    bar = progress.bar(10, "build t", unit="cfg")  # starts at 0 s
+    bar.update(2)  # 30 s: quiet
+    bar.update(2)  # 61 s: a heartbeat
+    bar.update(2)  # 62 s: quiet again
+    bar.close()  # 200 s
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["build t: 10 of 10 cfg to do",
+                     "build t: 4 of 10 cfg (0.07/s, about 92 s left)",
+                     "build t: 6 of 10 cfg in 200.0 s"]
+
+
 def test_stage_and_quiet(capsys):
     with progress.stage("statistics"):
         pass

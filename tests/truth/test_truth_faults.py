@@ -142,7 +142,7 @@ def repo_copy(tmp_path, monkeypatch):
     """The repository's task files and shipped artifacts, copied; paths point at the copy."""
     root = tmp_path / "repo"
     shutil.copytree(REPO / "tasks", root / "tasks",
-                    ignore=shutil.ignore_patterns("pydocs-llama-v1", "fmnist-vit-v1",
+                    ignore=shutil.ignore_patterns("pydocs-llama-v1", "fmnist-vit-v*",
                                                   "fmnist-resnet8-v1"))
     monkeypatch.setattr(paths, "REPO_ROOT", root)
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
