@@ -194,7 +194,8 @@ def test_symbolic_search_reproduces_the_shipped_proxy(tmp_path):
     task = load_task(str(REPO_ROOT / "tasks" / "v1" / "fmnist-resnet8.toml"))  # searched on v1
     rep = discover(task, Settings(task.name, generations=40, fitness_split="test"),
                    tmp_path / "discovered_symbolic.py",
-                   holdout=(load_task("fmnist-vit"),), progress=False)
+                   holdout=(load_task(str(REPO_ROOT / "tasks" / "v1" / "fmnist-vit.toml")),),
+                   progress=False)
     assert rep.best.born == 38 and rep.state.evaluated == 2662
     # The shipped file says 3 invalid: it predates the screen that also counts a constant
     # tree (e.g. x - x) as invalid (4 here); that screen changes no kept candidate.
