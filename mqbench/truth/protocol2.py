@@ -6,7 +6,8 @@ reference, the uniform configurations, every unit alone at every bit-width below
 rows again under the second calibration seed. The sample phase draws the configurations:
 `sampling = "size"` is protocol 1's size-stratified sampler; `sampling = "damage"` predicts
 each configuration's damage additively from the fixed phase's per-layer rows (accuracy drop,
-LM: cross-entropy increase, each unit alone) and keeps most configurations among those
+LM: cross-entropy increase, each unit alone, all measured on the *validation* split: the
+draw selects, so it never reads test numbers) and keeps most configurations among those
 predicted usable (damage within 5 accuracy points, LM: 5% perplexity), with
 `table.broken_share` of them drawn among the predicted-broken ones. Because that draw reads
 measured rows, the sample plan is a function of the fixed rows stored in the same table; a
@@ -73,7 +74,8 @@ def fixed_items(bench: Bench) -> list[Item]:
 
 
 def damage_model(rows: pd.DataFrame, bench: Bench) -> tuple[Callable[[BitConfig], float], float]:
-    """Additive predicted damage from the task seed's per-layer rows, and the usable limit."""
+    """Additive predicted damage from the task seed's per-layer rows on the validation split
+    (`val_acc`, LM: `val_loss`), and the usable limit."""
     task, space = bench.task, bench.space
     main = rows[rows.cal_seed == task.seed]
     fp = main[main.kind == "fp"]
@@ -82,7 +84,12 @@ def damage_model(rows: pd.DataFrame, bench: Bench) -> tuple[Callable[[BitConfig]
         raise MqbenchError(f"table of {task.key}: damage sampling needs the float row first; "
                            f"resume the build")
     lm = task.is_lm
-    fp_q = -float(fp.loss.iloc[0]) if lm else float(fp.acc.iloc[0])
+    col = "val_loss" if lm else "val_acc"
+    if col not in main or main[col].isna().any():
+        raise MqbenchError(f"table of {task.key}: damage sampling ranks on the validation "
+                           f"split, which this task lacks; set data.val_split or use "
+                           f"table.sampling = \"size\"")
+    fp_q = -float(fp[col].iloc[0]) if lm else float(fp[col].iloc[0])
     dw = np.zeros((len(space.units), 33))  # [unit, weight bits] (index 32 = float)
     da = np.zeros((len(space.units), 33))
     top_w = space.weight_bits[-1]
@@ -91,7 +98,7 @@ def damage_model(rows: pd.DataFrame, bench: Bench) -> tuple[Callable[[BitConfig]
             raise MqbenchError(f"table of {task.key}: damage sampling needs every per-layer "
                                f"row first (missing {it.unit}); resume the build")
         r = layers.loc[it.cfg.key]
-        drop = max(0.0, fp_q - (-float(r.loss) if lm else float(r.acc)))
+        drop = max(0.0, fp_q - (-float(r[col]) if lm else float(r[col])))
         u = space.units.index(it.unit)
         w, a = it.cfg.w[u], it.cfg.a[u]
         if w != top_w:

@@ -339,15 +339,21 @@ def test_damage_plan_comes_from_the_layer_rows(built):
     bench = open_bench(task, progress=False)
     damage, limit = damage_model(rows, bench)
     main = rows[rows.cal_seed == task.seed]
-    fp = main[main.kind == "fp"].acc.iloc[0]
-    # additive damage by hand: sum over the units of (fp acc - acc with that unit alone)
-    alone = {(r.unit, min(r.w_bits)): max(0.0, fp - r.acc)
+    fp = main[main.kind == "fp"].val_acc.iloc[0]
+    # additive damage by hand: sum over the units of (fp acc - acc with that unit alone),
+    # on the validation split: the draw selects configurations, so it must not read test
+    alone = {(r.unit, min(r.w_bits)): max(0.0, fp - r.val_acc)
              for r in main[main.kind == "layer"].itertuples()}
     samples = built.kind("sample")
     for r in samples.itertuples():
         cfg = BitConfig.from_key(r.key)
         by_hand = sum(alone.get((u, w), 0.0) for u, w in zip(bench.space.units, cfg.w))
         assert damage(cfg) == pytest.approx(by_hand)
+    blind, _ = damage_model(rows.assign(acc=0.0, loss=99.0, acc_h0=0.0, acc_h1=0.0), bench)
+    assert all(blind(BitConfig.from_key(k)) == damage(BitConfig.from_key(k))
+               for k in samples.key)  # test numbers do not move the plan
+    with pytest.raises(MqbenchError, match="validation split"):
+        damage_model(rows.assign(val_acc=math.nan), bench)
     broken = sum(damage(BitConfig.from_key(k)) > limit for k in samples.key)
     assert broken == round(0.1 * task.table.configs)
     assert {(it.kind, it.cal_seed, it.cfg.key) for it in plan(bench, rows)} == \
