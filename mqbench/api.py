@@ -23,7 +23,7 @@ from mqbench.proxy.contract import Proxy, get_proxy
 from mqbench.proxy.contract import list_proxies as _registry
 from mqbench.quant.quantizer import LayerBits
 from mqbench.quant.quantizer import quantize as _quantize
-from mqbench.scoring.harness import EvalOptions, evaluate_proxy
+from mqbench.scoring.harness import BATCHES, EvalOptions, evaluate_proxy
 from mqbench.scoring.record import Record
 from mqbench.task.spec import DEFAULT_TASK, Task, load_task
 from mqbench.task.spec import list_tasks as _task_registry
@@ -57,7 +57,7 @@ def _as_proxy(proxy) -> tuple[Proxy, bool]:
 
 def evaluate(proxy, task: str | Path | Task = DEFAULT_TASK, *, bootstrap: int = 1000,
              downstream: bool = True, progress: bool = False,
-             isolate: bool | None = None) -> Record:
+             isolate: bool | None = None, batches: int = BATCHES) -> Record:
     """Score a proxy on a task; returns its result record (nothing is written).
 
     Args:
@@ -66,10 +66,11 @@ def evaluate(proxy, task: str | Path | Task = DEFAULT_TASK, *, bootstrap: int = 
         task: a task name, a task .toml path or a loaded Task.
         isolate: run the proxy in the sandbox; by default files and names are isolated and
             your own functions run in this process.
+        batches: calibration batches the proxy runs on (its variance; 1 = one batch).
     """
     p, untrusted = _as_proxy(proxy)
     opts = EvalOptions(bootstrap=bootstrap, downstream=downstream, progress=progress,
-                       isolate=untrusted if isolate is None else isolate)
+                       isolate=untrusted if isolate is None else isolate, batches=batches)
     return evaluate_proxy(p, _as_task(task), opts)
 
 

@@ -86,13 +86,18 @@ def _quantizer(t: Task) -> str:
     else:
         w = "per output channel, symmetric"
     clip = {"mse": "clip range chosen to minimise the squared error",
-            "max": "min&ndash;max range (round to nearest)"}.get(q.weight_clip, q.weight_clip)
+            "max": "min&ndash;max range"}.get(q.weight_clip, q.weight_clip)
     acts = [b for b in q.act_bits if b < 32]
     act = (f"{'/'.join(map(str, acts))}-bit per tensor, asymmetric, range "
            f"{'chosen to minimise the squared error' if q.act_clip == 'mse' else 'min-max'} "
            f"on the calibration set") if acts else "float (weight-only quantization)"
     bn = "BatchNorm folded into the preceding convolution; " if q.fold_bn else ""
-    return (f"post-training uniform fake quantization: weights {w}, {clip}; {bn}"
+    how = ("round to nearest" if q.method == "rtn" else
+           "GPTQ (column-wise error feedback through the layer's input Hessian, against the "
+           "float model's inputs; <a href=\"../../mqbench/quant/gptq.py\">details</a>) on "
+           "the same grid")
+    return (f"post-training uniform fake quantization, method {q.method}: {how}; weights {w}, "
+            f"{clip}; {bn}"
             f"activations {act} (<a href=\"../../mqbench/quant/quantizer.py\">exact scheme</a>)")
 
 

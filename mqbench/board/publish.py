@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import statistics
 from pathlib import Path
 
 from mqbench.board import page as H
@@ -212,12 +213,76 @@ def conclusion(verdicts: list[V.TaskVerdict], cross: V.CrossTask | None) -> str:
         word = ("largely agree" if cross.kendall_w >= 0.7 else
                 "partly agree" if cross.kendall_w >= 0.4 else "disagree")
         out.append(f"The tasks' rankings {word} (Kendall's W = {cross.kendall_w:.2f}).")
+    out.extend(_method_sentences(verdicts))
+    out.append(_batch_sentence(verdicts))
     seed_only = [v.task for v in verdicts if v.noise_source == "seed"]
-    out.append("Not yet measured: each proxy's variance over calibration batches" + (
-        f", and test-sample noise in the ceilings of {', '.join(seed_only)} (protocol-1 "
-        f"tables)" if seed_only else "") + ", so margins of a few thousandths should not "
-        "be read as a ranking.")
+    if seed_only:
+        out.append(f"Not yet measured: test-sample noise in the ceilings of "
+                   f"{', '.join(seed_only)} (protocol-1 tables), so margins of a few "
+                   f"thousandths there should not be read as a ranking.")
     return " ".join(out)
+
+
+def _method_sentences(verdicts: list[V.TaskVerdict]) -> list[str]:
+    """Per task with tables under several quantization methods: does the proxy order
+    survive the change, and how many configurations collapse under each method."""
+    by_base: dict[str, list[V.TaskVerdict]] = {}
+    for v in verdicts:
+        by_base.setdefault(load_task(v.task).name, []).append(v)
+    out = []
+    for base, vs in by_base.items():
+        ref = next((v for v in vs if V.method_of(v.task) == "rtn"), None)
+        for v in vs:
+            if ref is None or v is ref:
+                continue
+            agree = V.method_agreement(ref, v)
+            if agree is None:
+                continue
+            a, b = agree.methods
+            shares = [_collapsed(x.task) for x in (ref, v)]
+            collapse = ("" if any(math.isnan(s) for s in shares) else
+                        f"; configurations more than 5 points below full precision: "
+                        f"{a} {100 * shares[0]:.0f}%, {b} {100 * shares[1]:.0f}%")
+            out.append(
+                f"{base} under {b} instead of {a} (the same configurations): the "
+                f"{len(agree.proxies)} proxies' ρs@100% order agrees with Kendall τ = "
+                f"{agree.tau:.2f} [{agree.lo:.2f}, {agree.hi:.2f}]; above the best floor under "
+                f"both: {agree.floor_both} (under either: {agree.floor_either}){collapse}.")
+    return out
+
+
+def _collapsed(task: str) -> float:
+    """A vision table's share of configurations more than 5 points below full precision."""
+    table = _table(task)
+    return float(table.meta.get("share_below_fp_minus_5pts", "nan")) if table else math.nan
+
+
+def _batch_sentence(verdicts: list[V.TaskVerdict]) -> str:
+    """What the proxies' calibration-batch variance amounts to (ρs@100%)."""
+    spread, missing = [], []
+    for v in verdicts:
+        stats = v.comparisons[("all", V.HEADLINE)].stats
+        for e in v.entries:
+            if e.role != "proxy":
+                continue
+            b = stats[e.name].batch
+            if b is None or not math.isfinite(b[1]):
+                missing.append(f"{e.name} on {v.task}")
+            else:
+                spread.append((b[1], b[2], e.name, v.task))
+    if not spread:
+        return ("Not yet measured: each proxy's variance over calibration batches (records "
+                "hold one batch), so margins of a few thousandths should not be read as a "
+                "ranking.")
+    top = max(spread)
+    n = sorted({s[1] for s in spread})
+    text = (f"Over {n[0] if len(n) == 1 else f'{n[0]}–{n[-1]}'} calibration batches a proxy's "
+            f"ρs@100% moves by a standard deviation of {statistics.median(s[0] for s in spread):.3f} "
+            f"(median over proxies and tasks; largest {top[0]:.3f}: {top[2]} on {top[3]}); "
+            f"every interval and verdict above includes it.")
+    if missing:
+        text += f" One batch only: {', '.join(missing)}."
+    return text
 
 
 def _protocol(verdicts: list[V.TaskVerdict]) -> str:
@@ -233,7 +298,11 @@ def _protocol(verdicts: list[V.TaskVerdict]) -> str:
         "best floor is the one with the highest value of the metric on that task. Δ and "
         "significance: a paired bootstrap (every proxy and floor scored on the same "
         f"{'/'.join(map(str, b))} resamples of the configurations), two-sided p-values "
-        f"Holm-adjusted over the task's proxies, α = {V.ALPHA:g}. Bold: the best ranked "
+        f"Holm-adjusted over the task's proxies, α = {V.ALPHA:g}. Proxy variance: each "
+        "proxy is run on several calibration batches (`mqbench eval --batches`, default 5: "
+        "the task seed's and the next seeds'); the value shown is the task seed's batch, "
+        "σ batches its standard deviation, and bootstrap resample b scores batch b mod n, so "
+        "intervals and verdicts include that variance. Bold: the best ranked "
         "proxy and every proxy not significantly below it. Usable: configurations within 5 "
         "accuracy points of full precision (language model: perplexity within 5%). Noise "
         "ceiling: the metric between the table's two measurements of the same "

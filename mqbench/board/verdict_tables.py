@@ -117,6 +117,7 @@ VERDICT_COLUMNS = (
     Column("d_kendall", "Δτ vs floor", r"$\Delta\tau$ floor", ci=True, ranked=False, signed=True),
     Column("u_spearman", "ρs@100% usable", r"$\rho_s$ usable"),
     Column("d_u_spearman", "Δ usable", r"$\Delta$ usable", ci=True, ranked=False, signed=True),
+    Column("batch_std", "σ batches", r"$\sigma$ batches", ranked=False),
     Column("layer_spearman", "ρ_sens", r"$\rho_{sens}$", ci=True),
     Column("ties", "ties", "ties", digits=2, ranked=False),
 )
@@ -161,13 +162,17 @@ def verdict_report(task: str, records: list[Record]) -> Report:
             ref = e.role == "floor" and e.name == v.comparisons[(scope, metric)].best_floor
             row.update({d: s.delta, d + "_lo": s.delta_lo, d + "_hi": s.delta_hi} if not ref
                        else {d: math.nan})
+        batch = v.comparisons[("all", RANK_BY)].stats[e.name].batch
+        row["batch_std"] = batch[1] if batch else math.nan
         sens = v.sens.get(e.name)
         row.update({"layer_spearman": sens.value if sens else math.nan,
                     "layer_spearman_lo": sens.lo if sens else math.nan,
                     "layer_spearman_hi": sens.hi if sens else math.nan})
         rows.append(row)
-    band = {"proxy": RANDOM_BAND, "verdict": "floor", "role": "floor", "ties": math.nan}
-    ceil = {"proxy": CEILING, "verdict": "ceiling", "role": "ceiling", "ties": v.truth_ties}
+    band = {"proxy": RANDOM_BAND, "verdict": "floor", "role": "floor", "ties": math.nan,
+            "batch_std": math.nan}
+    ceil = {"proxy": CEILING, "verdict": "ceiling", "role": "ceiling", "ties": v.truth_ties,
+            "batch_std": math.nan}
     for col, key in _VERDICT_PAIRS.items():
         comp = v.comparisons[key]
         band[col], ceil[col] = comp.random[0], comp.ceiling
@@ -201,11 +206,20 @@ def verdict_notes(v: V.TaskVerdict) -> list[str]:
            "the images, so this ceiling is conservative)" if v.noise_source == "half" else
            "two calibration seeds (it leaves out test-sample noise, so the true ceiling is "
            "lower)") + "; ≈ ceiling: the proxy's interval reaches it. ρ_sens: Spearman of "
-        f"the per-unit sensitivity with the unit-alone loss increase at the lowest bits, 95% bootstrap over the units. ties: "
+        f"the per-unit sensitivity with the unit-alone loss increase at the lowest bits, "
+        f"95% bootstrap over the units. σ batches: standard deviation of ρs@100% over the "
+        f"proxy's {_batches(v)} calibration batches (every interval and p-value here includes "
+        f"it: bootstrap resample b scores batch b mod n; – : one batch). ties: "
         f"share of configurations whose score equals another's (ceiling row: of the ground "
         f"truth). {RANDOM_BAND}: mean over seeds. † in-sample: searched or tuned on this "
         f"task, never best."),
     ]
+
+
+def _batches(v: V.TaskVerdict) -> str:
+    """How many calibration batches the task's records hold, in words."""
+    n = sorted({len(e.batch_scores) for e in v.entries if e.batch_scores is not None})
+    return "–" if not n else str(n[0]) if len(n) == 1 else f"{n[0]}–{n[-1]}"
 
 
 # ---------------------------------------------------------------- aggregation rules

@@ -11,14 +11,19 @@ import math
 import os
 
 from mqbench.errors import MqbenchError
-from mqbench.task.spec import DEFAULT_TASK, Task, load_task
+from mqbench.task.spec import DEFAULT_TASK, QUANT_METHODS, Task, load_task
 
 
 def add_tasks(p: argparse.ArgumentParser, default: str = f"the bundled task, {DEFAULT_TASK}",
               what: str = "task") -> None:
     p.add_argument("--task", action="append", metavar="TASK",
-                   help=f"{what}: a name or a path to a task .toml; repeat or give a comma list "
-                   f"for several (default: {default})")
+                   help=f"{what}: a name or a path to a task .toml (NAME@METHOD: under another "
+                   f"quantization method); repeat or give a comma list for several (default: "
+                   f"{default})")
+    p.add_argument("--method", choices=QUANT_METHODS, default=None,
+                   help="quantization method for every named task, overriding its "
+                   "quant.method (rtn: round to nearest, the default; gptq: GPTQ on the same "
+                   "grid); tables, statistics and records are kept apart per method")
 
 
 def split_names(values: list[str] | None) -> list[str]:
@@ -39,14 +44,14 @@ def task_names(args, default: tuple[str, ...] = (DEFAULT_TASK,)) -> list[str]:
 
 def tasks(args, default: tuple[str, ...] = (DEFAULT_TASK,)) -> list[Task]:
     """The named tasks, loaded (a misspelt one fails before any work starts)."""
-    return [load_task(n) for n in task_names(args, default)]
+    return [load_task(n, getattr(args, "method", None)) for n in task_names(args, default)]
 
 
 def one_task(args, command: str, default: str = DEFAULT_TASK) -> Task:
     names = task_names(args, (default,))
     if len(names) != 1:
         raise MqbenchError(f"`mqbench {command}` works on one task; got {', '.join(names)}")
-    return load_task(names[0])
+    return load_task(names[0], getattr(args, "method", None))
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:

@@ -7,8 +7,9 @@ import json
 from mqbench.board.store import save_record
 from mqbench.board.submit import DEFAULT_TASKS, SubmitOptions, check_submission
 from mqbench.cli import args as A
+from mqbench.proxy.context import HESSIAN_BN
 from mqbench.proxy.contract import get_proxy, list_proxies
-from mqbench.scoring.harness import EvalOptions, evaluate_proxy
+from mqbench.scoring.harness import BATCHES, EvalOptions, evaluate_proxy
 from mqbench.scoring.metrics import format_result
 
 
@@ -34,7 +35,8 @@ def cmd_eval(args) -> None:
     proxies = ([get_proxy(args.proxy)] if args.proxy else
                [p for _, p in sorted(list_proxies().items())])
     opts = EvalOptions(bootstrap=args.bootstrap, timeout=args.timeout, mem_mb=args.mem_mb,
-                       progress=not args.quiet, downstream=not args.no_downstream)
+                       progress=not args.quiet, downstream=not args.no_downstream,
+                       batches=args.batches, hessian_bn=args.hessian_bn)
     tasks = A.tasks(args)
     for task in tasks:
         for p in proxies:
@@ -101,6 +103,13 @@ def register(sub) -> None:
                    help="print the result record as JSON (one line per task) instead of text")
     p.add_argument("--no-downstream", action="store_true",
                    help="skip the ILP allocations (correlations only; faster)")
+    p.add_argument("--batches", type=A.positive_int, default=BATCHES, metavar="N",
+                   help=f"calibration batches the proxy runs on, for its variance (default "
+                   f"{BATCHES}; 1 = the task seed's batch only)")
+    p.add_argument("--hessian-bn", choices=HESSIAN_BN, default="folded",
+                   help="where Hessian statistics are taken: on the BatchNorm-folded weights "
+                   "that are quantized (default) or unfolded, as HAWQ's reference code; a "
+                   "non-default choice is recorded as PROXY@hessian-bn-unfolded")
     p.add_argument("--replace", action="store_true",
                    help="overwrite the stored record even if proxy, task and package versions "
                    "are unchanged (by default such a re-run keeps the stored record)")

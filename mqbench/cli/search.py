@@ -13,7 +13,7 @@ from mqbench.task.spec import load_task
 
 def cmd_discover(args) -> None:
     task = A.one_task(args, "discover")
-    settings = Settings(task.name, generator=args.generator, generations=args.generations,
+    settings = Settings(task.label, generator=args.generator, generations=args.generations,
                         population=args.population, seed=args.seed, margin=args.dpo_margin,
                         dpo_every=args.dpo_every, max_new_tokens=args.max_new_tokens,
                         fitness_split=args.fitness_split)

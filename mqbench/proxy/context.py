@@ -2,9 +2,12 @@
 
 Everything is measured on the BatchNorm-folded model in eval mode (the weights that are
 actually quantized), on a calibration batch of `harness.calibration_batch` training samples
-(16 by default, as TAP) drawn with the task seed. Groups are computed lazily on first access
-and cached on disk under `cache_dir()/stats/<task>-v<version>/<group>.pt`, so a proxy that
-only reads weights never pays for a Hessian, and a second proxy pays for nothing.
+(16 by default, as TAP; never the held-out validation samples of a protocol-2 task) drawn
+with the batch seed (the task seed unless given: the harness also scores every proxy on
+further batches, to report its variance). Groups are computed lazily on first access and
+cached on disk under `cache_dir()/stats/<task>-v<version>/<group>.pt` (another batch:
+`.../batch-<seed>/`; groups that read no data are shared), so a proxy that only reads
+weights never pays for a Hessian, and a second proxy pays for nothing.
 
 Per-module dicts are keyed by module name (`Stats.modules`); `Stats.units` groups tied modules.
 """
@@ -22,12 +25,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from mqbench.errors import MqbenchError
 from mqbench.paths import cache_dir
 from mqbench.quant.quantizer import FP, fold_batchnorm
 from mqbench.task import datasets as D
 
 HUTCHINSON_PROBES = 128
 POWER_ITERATIONS = 30
+# Where Hessians are taken: "folded" (the BatchNorm-folded weights that are quantized; the
+# default) or "unfolded" (the conv weights of the model with its BatchNorm layers, in eval
+# mode, as HAWQ's and PyHessian's reference code does). The two differ per output channel by
+# (gamma / sigma)^2, so the layer ranking can change.
+HESSIAN_BN = ("folded", "unfolded")
 
 
 def _hvp_setup(model: nn.Module, modules, x, y):
@@ -86,13 +95,17 @@ def hessian_top_eig(model: nn.Module, modules, x, y, iters: int = POWER_ITERATIO
     return out
 
 
-# the cached groups' file names (Stats._cached), so a caller can tell minutes from a load
-STAT_GROUPS = ("basic", "activations", "gradients", "hessian-v2", "data_free-v2")
+# the cached groups' file names (Stats._cached), so a caller can tell minutes from a load;
+# "-v3"/"-v2" suffixes: the calibration batch left the held-out validation samples
+HESSIAN_GROUP = "hessian-v3"  # v2: per-module probes; v3: the batch leaves validation
+STAT_GROUPS = ("basic", "activations-v2", "gradients-v2", HESSIAN_GROUP, "data_free-v2")
+# groups that read no calibration data: one file serves every batch seed
+DATA_FREE_GROUPS = ("basic", "data_free-v2")
 
 
 def all_cached(stats: Stats) -> bool:
     """Every statistics group of `stats` is on disk already (computing them is a load)."""
-    return all((stats.folder / f"{g}.pt").exists() for g in STAT_GROUPS)
+    return all(stats.path(g).exists() for g in STAT_GROUPS)
 
 
 class Stats:
@@ -114,9 +127,15 @@ class Stats:
         synflow: |W * dR/dW| with R the summed output of the |W| network on an all-ones input.
     """
 
-    def __init__(self, bench, folder: Path | None = None):
+    def __init__(self, bench, folder: Path | None = None, batch_seed: int | None = None,
+                 hessian_bn: str = "folded"):
+        if hessian_bn not in HESSIAN_BN:
+            raise MqbenchError(f"hessian_bn = {hessian_bn!r}: choose one of "
+                               f"{', '.join(HESSIAN_BN)}")
         self._bench = bench
         self.task = bench.task
+        self.batch_seed = self.task.seed if batch_seed is None else int(batch_seed)
+        self.hessian_bn = hessian_bn
         space = bench.space
         self.units, self.modules, self.unit_of = space.units, space.modules, space.unit_of
         self.weight_bits, self.act_bits = space.weight_bits, space.act_bits
@@ -124,15 +143,24 @@ class Stats:
         self.macs = np.asarray(space.macs, dtype=np.int64)
         self.depth = np.arange(len(self.modules))
         self.num_layers = len(self.modules)
-        self.folder = folder or cache_dir() / "stats" / self.task.key
+        self.shared_folder = folder or cache_dir() / "stats" / self.task.key
+        self.folder = (self.shared_folder if self.batch_seed == self.task.seed
+                       else self.shared_folder / f"batch-{self.batch_seed}")
 
     # ------------------------------------------------------------------ plumbing
+    def path(self, group: str) -> Path:
+        """Where statistics group `group` of this batch is cached."""
+        folder = self.shared_folder if group in DATA_FREE_GROUPS else self.folder
+        if group == HESSIAN_GROUP and self.hessian_bn != "folded":
+            group = f"{group}-bn-{self.hessian_bn}"
+        return folder / f"{group}.pt"
+
     def _cached(self, group: str, compute):
-        path = self.folder / f"{group}.pt"
+        path = self.path(group)
         if path.exists():
             return torch.load(path, weights_only=False)
         value = compute()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(value, tmp)
         os.replace(tmp, path)  # atomic: concurrent builders never see half a file
@@ -145,9 +173,7 @@ class Stats:
         return model.eval()
 
     def _batch(self):
-        n = self.task.harness.calibration_batch
-
-        split = D.load_split(self.task.data, "train", n, self.task.seed)
+        split = self._bench.calibration_split(self.batch_seed, self.task.harness.calibration_batch)
         return D.to_input(split.x, self._bench.mean, self._bench.std), split.y
 
     # ------------------------------------------------------------------ groups
@@ -186,7 +212,7 @@ class Stats:
             for h in hs:
                 h.remove()
             return {"inputs": inputs, "outputs": outputs, "logits": logits, "labels": y}
-        return self._cached("activations", compute)
+        return self._cached("activations-v2", compute)
 
     @property
     def inputs(self) -> dict[str, torch.Tensor]:
@@ -213,18 +239,21 @@ class Stats:
                 p.requires_grad_(True)
             g = torch.autograd.grad(F.cross_entropy(model(x), y.reshape(-1)), params)
             return {m: t.detach() for m, t in zip(self.modules, g)}
-        return self._cached("gradients", compute)
+        return self._cached("gradients-v2", compute)
 
     @functools.cached_property
     def _hessian(self) -> dict:
         def compute():
-            model, (x, y) = self._model(), self._batch()
+            model = (self._model() if self.hessian_bn == "folded"
+                     else copy.deepcopy(self._bench.model).eval())
+            x, y = self._batch()
             # Fused CPU attention kernels have no double backward; the math kernel does.
             with sdpa_kernel([SDPBackend.MATH]):
-                tr, se = hessian_trace(model, self.modules, x, y, seed=self.task.seed)
-                eig = hessian_top_eig(model, self.modules, x, y, seed=self.task.seed)
-            return {"trace": tr, "trace_se": se, "eig": eig, "probes": HUTCHINSON_PROBES}
-        return self._cached("hessian-v2", compute)  # v2: per-module probes
+                tr, se = hessian_trace(model, self.modules, x, y, seed=self.batch_seed)
+                eig = hessian_top_eig(model, self.modules, x, y, seed=self.batch_seed)
+            return {"trace": tr, "trace_se": se, "eig": eig, "probes": HUTCHINSON_PROBES,
+                    "bn": self.hessian_bn}
+        return self._cached(HESSIAN_GROUP, compute)
 
     @property
     def hessian_trace(self) -> np.ndarray:

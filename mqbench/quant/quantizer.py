@@ -25,6 +25,11 @@ Exact scheme (any change here is a change of every table: bump the tasks' versio
   ŵ = (clamp(round(w/s) + z, 0, 2^b−1) − z)·s, with [lo, hi] = α·[min w, max w] over the
   group; α = 1 ("max") or the α ∈ {0.01, …, 1.00} minimising the group's squared error
   ("mse"). Activations stay float in weight-only tasks (act_bits = [32]).
+* Method (`quant.method`): "rtn" (the default) rounds every weight to its nearest grid
+  value as above; "gptq" keeps the same grid (scales, clips, groups) and chooses grid values
+  with GPTQ's column-wise error feedback against the float model's inputs to each layer
+  (mqbench/quant/gptq.py says exactly what it reconstructs and how that differs from the
+  paper's sequential variant).
 * Bit-width 32 means "leave in float". Weights of each (layer, bit-width) are quantized once
   and swapped in per configuration, which is what makes evaluating a configuration cost
   about one forward pass.
@@ -41,11 +46,15 @@ import torch
 from torch import nn
 
 from mqbench.errors import MqbenchError
+from mqbench.quant import gptq as G
 
 FP = 32  # bit-width meaning full precision
 WEIGHT_ALPHAS = torch.linspace(0.01, 1.0, 100)
 ACT_ALPHAS = torch.linspace(0.30, 1.0, 36)
 ACT_SAMPLE = 1 << 18
+# weight quantization methods: `rtn` rounds each weight to the nearest grid value; `gptq`
+# places it on the same grid with GPTQ's error feedback (mqbench.quant.gptq)
+METHODS = ("rtn", "gptq")
 
 
 # ---------------------------------------------------------------- weights
@@ -68,31 +77,42 @@ def weight_scale(w: torch.Tensor, bits: int, clip: str = "mse") -> torch.Tensor:
     return best
 
 
-def _group_fq(g: torch.Tensor, bits: int, clip: str) -> torch.Tensor:
-    """Asymmetric fake quantization of each row of g [groups, size] (see the module doc)."""
+def group_params(g: torch.Tensor, bits: int, clip: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row scale and zero point of the asymmetric b-bit grid of g [groups, size]: the
+    range alpha·[min, max] with alpha = 1 ("max") or the alpha minimising the row's squared
+    error ("mse"; the smallest such alpha on ties)."""
     levels = 2**bits - 1
     lo, hi = g.amin(dim=1), g.amax(dim=1)
 
-    def fq(alpha):
+    def params(alpha):
         a_lo, a_hi = alpha * lo, alpha * hi
         s = ((a_hi - a_lo) / levels).clamp_min(1e-8)
-        z = torch.clamp(torch.round(-a_lo / s), 0, levels)
-        q = torch.clamp(torch.round(g / s[:, None]) + z[:, None], 0, levels)
-        return (q - z[:, None]) * s[:, None]
+        return s, torch.clamp(torch.round(-a_lo / s), 0, levels)
 
     if clip == "max":
-        return fq(1.0)
-    best, best_err = None, None
+        return params(1.0)
+    best = best_err = None
     for alpha in WEIGHT_ALPHAS.tolist():
-        out = fq(alpha)
-        err = (out - g).pow(2).sum(dim=1)
+        s, z = params(alpha)
+        err = (group_apply(g, bits, s, z) - g).pow(2).sum(dim=1)
         if best is None:
-            best, best_err = out, err
+            best, best_err = (s, z), err
         else:
             better = err < best_err
-            best = torch.where(better[:, None], out, best)
+            best = (torch.where(better, s, best[0]), torch.where(better, z, best[1]))
             best_err = torch.where(better, err, best_err)
     return best
+
+
+def group_apply(g: torch.Tensor, bits: int, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Fake-quantize each row of g [groups, size] on the grid (s, z) of that row."""
+    q = torch.clamp(torch.round(g / s[:, None]) + z[:, None], 0, 2**bits - 1)
+    return (q - z[:, None]) * s[:, None]
+
+
+def _group_fq(g: torch.Tensor, bits: int, clip: str) -> torch.Tensor:
+    """Asymmetric fake quantization of each row of g [groups, size] (see the module doc)."""
+    return group_apply(g, bits, *group_params(g, bits, clip))
 
 
 def quantize_groups(w: torch.Tensor, bits: int, group_size: int,
@@ -123,6 +143,37 @@ def quantize_weight(w: torch.Tensor, bits: int, clip: str = "mse",
     half = 2 ** (bits - 1)
     s = weight_scale(w, bits, clip).view(-1, *([1] * (w.dim() - 1)))
     return (torch.clamp(torch.round(w.detach().float() / s), -half, half - 1) * s).to(w.dtype)
+
+
+def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, clip: str = "mse",
+                group_size: int = 0) -> torch.Tensor:
+    """GPTQ-quantized copy of a weight (mqbench.quant.gptq) on the same grid as
+    `quantize_weight`: per-channel scales from the original weight, or group ranges fixed at
+    each group's first column; `h` is the layer's input Hessian over its weight columns."""
+    if bits >= FP:
+        return w.detach().clone()
+    w2 = w.detach().reshape(w.shape[0], -1)
+    if group_size > 0:
+        if w.dim() != 2:
+            raise MqbenchError(f"group-wise quantization needs a 2-D (Linear) weight, got "
+                               f"shape {tuple(w.shape)}")
+        params: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def grid(ahead, j):
+            g0 = j // group_size * group_size
+            if g0 == j:
+                params[g0] = group_params(ahead[:, :group_size].float(), bits, clip)
+            s, z = params[g0]
+            return group_apply(ahead[:, :1].float(), bits, s, z)[:, 0].double()
+    else:
+        half = 2 ** (bits - 1)
+        scale = weight_scale(w, bits, clip)
+
+        def grid(ahead, j):  # in float32, as `quantize_weight`: the same grid, bit for bit
+            q = torch.clamp(torch.round(ahead[:, 0].float() / scale), -half, half - 1) * scale
+            return q.double()
+
+    return G.quantize(w2, h, grid, group_size).reshape(w.shape).to(w.dtype)
 
 
 # ---------------------------------------------------------------- activations
@@ -245,13 +296,20 @@ class QuantizedModel:
 def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
             weight_bits, act_bits, weight_clip: str = "mse", act_clip: str = "mse",
             fold_bn: bool = True, seed: int = 0, batch_size: int = 256,
-            device: torch.device | str = "cpu", group_size: int = 0) -> QuantizedModel:
+            device: torch.device | str = "cpu", group_size: int = 0,
+            method: str = "rtn") -> QuantizedModel:
     """Fold, calibrate and pre-quantize `model` for the given bit choices (model untouched).
 
     `calibration` is a normalised float input batch; activation value samples are drawn
-    with `seed` so the calibration is reproducible.
+    with `seed` so the calibration is reproducible. `method = "gptq"` also accumulates each
+    layer's input Hessian over the calibration set (the float model's inputs) for GPTQ.
     """
+    if method not in METHODS:
+        raise MqbenchError(f"quantization method {method!r}: choose one of "
+                           f"{', '.join(METHODS)}")
     folded = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    if method == "gptq":
+        G.check_supported(folded, layers)
     for p in folded.parameters():
         p.requires_grad_(False)
     # channels_last makes oneDNN convolutions ~25% faster on CPU; results are unchanged
@@ -262,9 +320,16 @@ def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
     qm = QuantizedModel(folded, tuple(layers), memory_format=fmt)
     stats: dict[str, list] = {name: [float("inf"), float("-inf"), []] for name in layers}
     gen = torch.Generator().manual_seed(seed)
+    quant_acts = any(b < FP for b in act_bits)
+    hessians = {n: G.HessianAccumulator(folded.get_submodule(n)) for n in layers} \
+        if method == "gptq" else {}
 
     def observe(name):
         def hook(_module, args):
+            if hessians:
+                hessians[name].add(args[0])
+            if not quant_acts:
+                return
             x = args[0].detach().float().flatten()
             st = stats[name]
             st[0], st[1] = min(st[0], x.min().item()), max(st[1], x.max().item())
@@ -273,7 +338,7 @@ def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
             st[2].append(x[torch.randint(x.numel(), (k,), generator=gen).to(x.device)].cpu())
         return hook
 
-    if any(b < FP for b in act_bits):  # weight-only tasks need no calibration pass
+    if quant_acts or hessians:  # weight-only RTN needs no calibration pass
         handles = [folded.get_submodule(n).register_forward_pre_hook(observe(n))
                    for n in layers]
         with torch.inference_mode():
@@ -286,9 +351,11 @@ def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
         module = folded.get_submodule(name)
         fp = module.weight
         qm.weights[(name, FP)] = fp
+        h = hessians[name].hessian() if hessians else None
         for b in weight_bits:
             if b < FP:
-                w = quantize_weight(fp, b, weight_clip, group_size)
+                w = (quantize_weight(fp, b, weight_clip, group_size) if h is None
+                     else gptq_weight(fp, h, b, weight_clip, group_size))
                 qm.weights[(name, b)] = nn.Parameter(
                     w.contiguous(memory_format=fmt) if w.dim() == 4 else w, requires_grad=False)
         lo, hi, samples = stats[name]

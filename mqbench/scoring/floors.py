@@ -135,6 +135,13 @@ def perturbation_scores(data: TaskData, sens: np.ndarray) -> np.ndarray:
     return -(terms @ s.T).T if s.ndim == 2 else -(terms @ s)
 
 
+def damage_scores(data: TaskData, damage: np.ndarray) -> np.ndarray:
+    """-sum_u damage[u, b_u] per configuration (a [units, weight bits] damage matrix: what
+    the harness scores a layer or layer_bit proxy's output with)."""
+    units = np.arange(len(data.units))
+    return -np.asarray(damage, dtype=np.float64)[units[None, :], data.idx].sum(axis=1)
+
+
 def bit_scores(data: TaskData, sens: np.ndarray) -> np.ndarray:
     """EMQ's bit-weighted rule: sum_u s_u * b_u per configuration (higher = better)."""
     return data.bits.astype(np.float64) @ np.asarray(sens, dtype=np.float64)
@@ -182,8 +189,7 @@ def oracle_scores(data: TaskData) -> dict[str, np.ndarray]:
         if np.all(low > 0):
             out["oracle_curvature"] = perturbation_scores(data, data.layer_truth / low)
     if np.all(np.isfinite(data.layer_damage)):
-        units = np.arange(len(data.units))
-        out["oracle_additive"] = -data.layer_damage[units[None, :], data.idx].sum(axis=1)
+        out["oracle_additive"] = damage_scores(data, data.layer_damage)
     return out
 
 

@@ -24,16 +24,23 @@ from mqbench.paths import atomic_path, cache_dir
 from mqbench.progress import bar as progress_bar
 from mqbench.progress import stage
 from mqbench.provenance import software
-from mqbench.proxy.context import Stats, all_cached
+from mqbench.proxy.context import HESSIAN_BN, Stats, all_cached
 from mqbench.proxy.contract import Proxy, check_scores, damage_matrix
 from mqbench.proxy.sandbox import check_limits, marked, run_limited
 from mqbench.quant.space import BitConfig
 from mqbench.scoring import allocate as A
 from mqbench.scoring import metrics as S
-from mqbench.scoring.record import TABLE_PROVENANCE_KEYS, Allocation, Record, Timing
+from mqbench.scoring.record import TABLE_PROVENANCE_KEYS, Allocation, Record, Timing, variant_name
 from mqbench.task.spec import Task
 from mqbench.truth.bench import Metrics, open_bench
 from mqbench.truth.build import ensure_table
+
+BATCHES = 5  # as EMQ's five runs per proxy
+
+
+def batch_seeds(task: Task, n: int) -> list[int]:
+    """The calibration-batch seeds of `n` batches: the task seed first."""
+    return [task.seed + i for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -46,9 +53,19 @@ class EvalOptions:
     isolate: bool = True
     progress: bool = True
     downstream: bool = True
+    # calibration batches the proxy is run on (the task seed's, then seeds + 1, + 2, ...): its
+    # estimator variance, recorded per batch and folded into the verdicts' intervals
+    batches: int = BATCHES
+    hessian_bn: str = "folded"  # or "unfolded", as HAWQ's reference code (proxy.context)
 
     def __post_init__(self):
         check_limits(self.timeout, self.mem_mb)  # one line for 0, -1, nan
+        if self.hessian_bn not in HESSIAN_BN:
+            raise MqbenchError(f"hessian_bn = {self.hessian_bn!r}: choose one of "
+                               f"{', '.join(HESSIAN_BN)}")
+        if not isinstance(self.batches, int) or self.batches < 1:
+            raise MqbenchError(f"batches = {self.batches!r}: give a whole number >= 1 of "
+                               f"calibration batches (1 = the task seed's only)")
 
 
 def config_matrix(space, keys) -> np.ndarray:
@@ -133,7 +150,8 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
                            f"cached ones; rebuild it with `mqbench build --task {task.name} "
                            f"--force`")
     space = bench.space
-    stats = Stats(bench)
+    stats = Stats(bench, hessian_bn=opts.hessian_bn)
+    options = {"hessian_bn": opts.hessian_bn} if opts.hessian_bn != "folded" else None
     with stage(f"proxy statistics of {task.key} (computed once, then cached)",
                opts.progress and not all_cached(stats)):
         stats.compute_all()  # the sandbox gets a read-only view of them, shipped once
@@ -154,9 +172,19 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
         scores = config_scores(damage, config_matrix(space, keys))
     score_seconds = time.perf_counter() - t1
 
-    metrics = S.config_metrics(scores, table.quality(configs), keys, opts.bootstrap, task.seed,
+    quality = table.quality(configs)
+    metrics = S.config_metrics(scores, quality, keys, opts.bootstrap, task.seed,
                                kl=configs.kl.to_numpy())
     metrics.update(S.layer_metrics(sens, layer_truth(table, space)))
+    batch_damage = None
+    if damage is not None and opts.batches > 1:
+        batch_damage = {str(task.seed): damage}
+        for seed in batch_seeds(task, opts.batches)[1:]:
+            other = Stats(bench, batch_seed=seed, hessian_bn=opts.hessian_bn)
+            with stage(f"proxy statistics of {task.key}, calibration batch {seed}",
+                       opts.progress and not all_cached(other)):
+                other.compute_all()
+            batch_damage[str(seed)] = damage_matrix(p, _call(p, other, cfg_list, opts), other)[0]
 
     downstream = []
     if opts.downstream and damage is not None:
@@ -186,8 +214,8 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
     metrics.update(S.downstream_metrics(metrics, downstream, task.harness.alpha))
 
     return Record(
-        proxy=p.name, proxy_version=p.version, proxy_sha256=p.source_sha256, proxy_kind=p.kind,
-        paper=p.paper, task=task.name, task_version=task.version, task_checksum=task.checksum,
+        proxy=variant_name(p.name, options), proxy_version=p.version, proxy_sha256=p.source_sha256, proxy_kind=p.kind,
+        paper=p.paper, task=task.label, task_version=task.version, task_checksum=task.checksum,
         table_checksum=table.meta["rows_checksum"], seed=task.seed, **software(),
         # provenance of the ground-truth table the proxy was scored against
         table_provenance={k: table.meta.get(k) for k in TABLE_PROVENANCE_KEYS},
@@ -199,4 +227,7 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
                       score_seconds=round(score_seconds, 6),
                       per_config_ms=round(1000 * (proxy_seconds + score_seconds) / len(keys), 5)),
         sensitivity=(None if sens is None else {u: float(s) for u, s in zip(space.units, sens)}),
-        scores={k: float(s) for k, s in zip(keys, scores)})
+        scores={k: float(s) for k, s in zip(keys, scores)},
+        batch_damage=(None if batch_damage is None else
+                      {k: [[float(x) for x in row] for row in d] for k, d in batch_damage.items()}),
+        options=options)

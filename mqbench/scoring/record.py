@@ -21,11 +21,11 @@ RECORD_SCHEMA = 2
 
 # Keys of the ground-truth table's own metadata that a record copies into `table_provenance`.
 TABLE_PROVENANCE_KEYS = ("package_version", "git_commit", "torch_version", "weights_checksum",
-                         "rows", "eval_samples", "schema_version")
+                         "rows", "eval_samples", "schema_version", "quant_method")
 
 
 # Fields added after the first records: left out of the JSON while None (older files lack them).
-_OMIT_IF_NONE = ("table_provenance", "recorded_at")
+_OMIT_IF_NONE = ("table_provenance", "recorded_at", "batch_damage", "options")
 _OMIT_IF_NONE_ALLOCATION = ("best_table_loss",)
 
 
@@ -88,6 +88,13 @@ class Record:
     # Added after the first records; absent (None) in records written before them.
     table_provenance: dict | None = None  # the table build's own provenance (TABLE_PROVENANCE_KEYS)
     recorded_at: str | None = None  # UTC ISO time the leaderboard stored it
+    # calibration-batch seed -> the proxy's damage matrix [units][weight bits] computed on that
+    # batch (the task seed's batch first; its scores are `scores`): the proxy's own variance,
+    # which the verdicts fold into their intervals. None: one batch (or a config proxy).
+    batch_damage: dict[str, list[list[float]]] | None = None
+    # harness options that change what the proxy sees, when not the defaults (e.g.
+    # {"hessian_bn": "unfolded"}); such a record is named `<proxy>@<variant>` (`variant_name`)
+    options: dict[str, str] | None = None
 
     def to_dict(self) -> dict:
         """Plain JSON-ready form (fields added later are left out while None)."""
@@ -143,6 +150,14 @@ class Record:
         if not isinstance(data, dict):
             raise MqbenchError(f"{source} is not an mqbench record (not a JSON object)")
         return cls.from_dict(data, source)
+
+
+def variant_name(proxy: str, options: dict[str, str] | None) -> str:
+    """The record name of `proxy` run with non-default harness options."""
+    if not options:
+        return proxy
+    return proxy + "@" + "+".join(f"{k.replace('_', '-')}-{v}"
+                                  for k, v in sorted(options.items()))
 
 
 _NUMBER = (int, float)

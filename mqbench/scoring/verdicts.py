@@ -14,12 +14,17 @@ mqbench.scoring.resample), for every configuration and for the usable ones:
 * the noise ceiling: the same metric computed between the table's two measurements of its
   re-measured configurations (calibration-seed noise rows); a proxy whose interval reaches
   the ceiling is "within noise of the ceiling";
+* the proxy's variance over calibration batches (records with `batch_damage`): resample b
+  of the bootstrap scores the proxy's batch b mod n, so every interval and p-value above
+  holds it, and each value's mean ± std over the batches is reported beside it;
 * ρ_sens with a bootstrap-over-units CI and a permutation p-value; the share of tied scores;
   ρs@k under the reverse tie-break where it differs; each proxy under both aggregation rules
   (perturbation-weighted, EMQ's bit-weighted) and the random floor over many seeds.
 
 `cross_task` ranks the proxies present on every task: mean rank with a bootstrap CI,
 Kendall's W between tasks, and on how many tasks each beats the best floor.
+`method_agreement` asks whether two quantization methods of one task (rtn, gptq) order the
+proxies alike: Kendall's tau between their values, with a bootstrap interval.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats as scistats  # not `stats`: that is the proxy context
 from scipy.stats import rankdata
 
 from mqbench.errors import MqbenchError
@@ -61,6 +67,8 @@ class Entry:
     sensitivity: np.ndarray | None = None  # [units]
     in_sample: bool = False  # searched or tuned on this task (proxies/IN_SAMPLE.toml)
     version: int | None = None
+    # [batches, configs] scores on each calibration batch (the first is `scores`); None: one
+    batch_scores: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def ranked(self) -> bool:
@@ -83,6 +91,8 @@ class Stat:
     p_best: float  # Holm-adjusted p of best − value (NaN for the best and unranked rows)
     tied_best: bool  # the best, or not significantly below it (ranked proxies only)
     at_ceiling: bool  # the interval reaches the noise ceiling
+    # over the proxy's calibration batches: (mean, std, batches) of the point value; None: one
+    batch: tuple[float, float, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,7 @@ def _fingerprint(records: list[Record]) -> str:
     for r in sorted(records, key=lambda r: r.proxy):
         h.update(f"{r.proxy}|{r.proxy_version}|{r.proxy_sha256}|{r.table_checksum}".encode())
         h.update(np.array([r.scores[k] for k in sorted(r.scores)]).tobytes())
+        h.update(repr(sorted((r.batch_damage or {}).items())).encode())
     return h.hexdigest()
 
 
@@ -187,10 +198,11 @@ def _entries(data: F.TaskData, records: list[Record]) -> tuple[list[Entry], dict
             excluded[r.proxy] = "scored on another version of the table"
             continue
         role = "floor" if r.proxy in FLOOR_RECORDS else "proxy"
-        entries.append(Entry(r.proxy, role, r.proxy_kind,
-                             np.array([r.scores[k] for k in data.keys]),
+        scores = np.array([r.scores[k] for k in data.keys])
+        entries.append(Entry(r.proxy, role, r.proxy_kind, scores,
                              F.sensitivity_of(data, r.sensitivity),
-                             F.in_sample(r.proxy, data.task.name), r.proxy_version))
+                             F.in_sample(r.proxy, data.task.name), r.proxy_version,
+                             _batch_scores(data, r, scores)))
     ones = np.ones(len(data.units))
     for name, scores in F.floor_scores(data).items():
         entries.append(Entry(name, "floor", "floor", scores,
@@ -201,6 +213,23 @@ def _entries(data: F.TaskData, records: list[Record]) -> tuple[list[Entry], dict
                 "oracle_curvature": data.layer_truth / data.pert[:, 0]}.get(name)
         entries.append(Entry(name, "oracle", "oracle", scores, sens))
     return entries, excluded
+
+
+def _batch_scores(data: F.TaskData, r: Record, scores: np.ndarray) -> np.ndarray | None:
+    """[batches, configs] configuration scores from the record's per-batch damage matrices
+    (the task seed's batch first, which must reproduce the record's scores); None when the
+    record has one batch or its matrices do not fit the table."""
+    if not r.batch_damage or len(r.batch_damage) < 2:
+        return None
+    shape = (len(data.units), len(data.weight_bits))
+    mats = [np.asarray(d, dtype=np.float64) for d in r.batch_damage.values()]
+    if any(m.shape != shape or not np.all(np.isfinite(m)) for m in mats):
+        return None
+    out = np.stack([F.damage_scores(data, m) for m in mats])
+    if not np.allclose(out[0], scores, rtol=1e-9, atol=1e-12 * np.abs(scores).max()):
+        return None  # not the batches behind this record's scores
+    out[0] = scores
+    return out
 
 
 def _metric(metric: str, scores, truth, keys, w, rt: RS.Ranking, order=None) -> np.ndarray:
@@ -221,7 +250,9 @@ def _compare(scope: str, metric: str, entries: list[Entry], truth, keys, counts,
              sel: np.ndarray, ceiling: tuple[float, int], random: np.ndarray) -> Comparison:
     rt = RS.Ranking(truth)
     point = {e.name: _point(metric, e.scores[sel], truth, keys) for e in entries}
-    draws = {e.name: _metric(metric, e.scores[sel], truth, keys, counts, rt) for e in entries}
+    draws = {e.name: _draws(metric, e, sel, truth, keys, counts, rt) for e in entries}
+    spread = {e.name: _spread(metric, e, sel, truth, keys) for e in entries
+              if e.batch_scores is not None}
     # the best floor; with none defined (too few configurations) `uniform` stands in
     best_floor = max(F.FLOORS, key=lambda n: (math.isfinite(point[n]),
                                              point[n] if math.isfinite(point[n]) else 0,
@@ -251,12 +282,38 @@ def _compare(scope: str, metric: str, entries: list[Entry], truth, keys, counts,
         pb = p_best.get(n, math.nan)
         tied = e.ranked and (n == best or not (pb < ALPHA))
         stats[n] = Stat(point[n], lo, hi, delta, dlo, dhi, pf, verdict, pb, tied,
-                        bool(math.isfinite(ceil) and math.isfinite(hi) and hi >= ceil))
+                        bool(math.isfinite(ceil) and math.isfinite(hi) and hi >= ceil),
+                        spread.get(n))
     finite = random[np.isfinite(random)]
     band = ((float(finite.mean()), *RS.percentile_ci(finite)) if len(finite)
             else (math.nan, math.nan, math.nan))
     return Comparison(scope, metric, int(sel.sum()), best_floor, best, ceil, ceil_n, stats,
                       band, draws)
+
+
+def _draws(metric: str, e: Entry, sel, truth, keys, counts, rt: RS.Ranking) -> np.ndarray:
+    """[resamples] bootstrap values of one entry. With several calibration batches,
+    resample b scores batch b mod n on its configurations: the interval then holds the
+    proxy's batch-to-batch variance too, and stays paired (resample b is the same draw of
+    configurations for every row)."""
+    if e.batch_scores is None:
+        return _metric(metric, e.scores[sel], truth, keys, counts, rt)
+    n = len(e.batch_scores)
+    which = np.arange(len(counts)) % n
+    out = np.empty(len(counts))
+    for j, scores in enumerate(e.batch_scores):
+        rows = which == j
+        out[rows] = _metric(metric, scores[sel], truth, keys, counts[rows], rt)
+    return out
+
+
+def _spread(metric: str, e: Entry, sel, truth, keys) -> tuple[float, float, int]:
+    """Mean and standard deviation of the point value over the entry's batches."""
+    values = np.array([_point(metric, s[sel], truth, keys) for s in e.batch_scores])
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return (math.nan, math.nan, len(values))
+    return (float(values.mean()), float(values.std(ddof=1)), len(values))
 
 
 def _ceiling(metric: str, data: F.TaskData, scope: str) -> tuple[float, int]:
@@ -419,3 +476,45 @@ def _ranks_desc(values: np.ndarray) -> np.ndarray:
     """Average ranks, 1 = highest value (NaN ranks last)."""
     v = np.where(np.isfinite(values), values, -np.inf)
     return rankdata(-v)
+
+
+# ---------------------------------------------------------------- across quantizers
+@dataclass(frozen=True)
+class MethodAgreement:
+    """Do two quantization methods of one task rank the proxies alike (headline metric)?"""
+
+    task: str  # the base task's name
+    methods: tuple[str, str]
+    proxies: tuple[str, ...]  # ranked on both tables
+    tau: float  # Kendall's tau-b between the proxies' values under the two methods
+    lo: float  # 95% interval over the tables' bootstrap resamples (resample b of both)
+    hi: float
+    floor_both: int  # proxies above the best floor under both methods
+    floor_either: int  # ... under at least one
+
+
+def method_agreement(a: TaskVerdict, b: TaskVerdict,
+                     metric: str = HEADLINE) -> MethodAgreement | None:
+    """Kendall's tau between the proxy orders of two tables of one task under different
+    quantization methods; None with fewer than 3 proxies ranked on both."""
+    ca, cb = a.comparisons[("all", metric)], b.comparisons[("all", metric)]
+    names = sorted({e.name for e in a.entries if e.ranked} & {e.name for e in b.entries
+                                                             if e.ranked})
+    if len(names) < 3:
+        return None
+    tau = float(scistats.kendalltau([ca.stats[n].value for n in names],
+                                    [cb.stats[n].value for n in names]).statistic)
+    k = min(len(ca.draws[names[0]]), len(cb.draws[names[0]]))
+    da = np.stack([ca.draws[n][:k] for n in names], axis=1)
+    db = np.stack([cb.draws[n][:k] for n in names], axis=1)
+    boot = np.array([scistats.kendalltau(x, y).statistic for x, y in zip(da, db)])
+    lo, hi = RS.percentile_ci(boot[np.isfinite(boot)])
+    above = [(ca.stats[n].verdict == "above", cb.stats[n].verdict == "above") for n in names]
+    base = load_task(a.task).name
+    return MethodAgreement(base, (method_of(a.task), method_of(b.task)), tuple(names), tau,
+                           lo, hi, sum(x and y for x, y in above), sum(x or y for x, y in above))
+
+
+def method_of(task: str) -> str:
+    """The quantization method a leaderboard task label names (`name@method`, else rtn)."""
+    return load_task(task).quant.method

@@ -70,6 +70,7 @@ class QuantSpec:
     act_clip: str = "mse"  # mse | minmax
     fold_bn: bool = True
     group_size: int = 0  # >0: group-wise asymmetric weights along the input dim (LM tasks)
+    method: str = "rtn"  # rtn | gptq (QUANT_METHODS; mqbench.quant.quantizer says what each does)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,22 @@ class Task:
 
     @property
     def key(self) -> str:
-        """Name and version: what caches and tables are keyed by."""
+        """Name, version and (when not rtn) quantization method: what tables, statistics
+        and measurement caches are keyed by."""
+        suffix = "" if self.quant.method == "rtn" else f"-{self.quant.method}"
+        return f"{self.name}-v{self.version}{suffix}"
+
+    @property
+    def model_key(self) -> str:
+        """Name and version: what the trained weights are keyed by (every method quantizes
+        the same model)."""
         return f"{self.name}-v{self.version}"
+
+    @property
+    def label(self) -> str:
+        """How records and the leaderboard name the task: `name`, or `name@method` for a
+        method other than rtn (`load_task` reads it back)."""
+        return self.name if self.quant.method == "rtn" else f"{self.name}@{self.quant.method}"
 
     @property
     def is_lm(self) -> bool:
@@ -145,6 +160,7 @@ class Task:
         return DATASETS[self.data.dataset].text
 
 
+QUANT_METHODS = ("rtn", "gptq")  # weight quantization methods (mqbench.quant.quantizer)
 _CHOICES = {
     ("model", "source"): ("train", "torchvision", "timm", "hf"),
     ("train", "optimizer"): ("sgd", "adamw"),
@@ -152,6 +168,7 @@ _CHOICES = {
     ("data", "dataset"): tuple(DATASETS),
     ("quant", "weight_clip"): ("mse", "max"),
     ("quant", "act_clip"): ("mse", "minmax"),
+    ("quant", "method"): QUANT_METHODS,
     ("table", "sampling"): ("size", "damage"),
 }
 _SECTION_NAMES = {ModelSpec: "model", TrainSpec: "train", DataSpec: "data", QuantSpec: "quant",
@@ -370,9 +387,44 @@ def list_tasks() -> dict[str, Path]:
     return found
 
 
-def load_task(name_or_path: str | os.PathLike | None = None) -> Task:
-    """Load a task by registered name or by path to a TOML file (default: the bundled task)."""
+def load_task(name_or_path: str | os.PathLike | None = None,
+              method: str | None = None) -> Task:
+    """Load a task by registered name or by path to a TOML file (default: the bundled task).
+
+    `NAME@METHOD` (or `method=`) loads the task with `quant.method` set to METHOD (see
+    `with_method`): the same model and space under another quantizer.
+    """
     name_or_path = str(name_or_path or DEFAULT_TASK)
+    if "@" in name_or_path and not Path(name_or_path).is_file():
+        name_or_path, _, at = name_or_path.rpartition("@")
+        if method is not None and method != at:
+            raise MqbenchError(f"task {name_or_path}@{at} and method {method!r} disagree; "
+                               f"give the method once")
+        method = at
+    task = _load_file(name_or_path)
+    return task if method is None else with_method(task, method)
+
+
+def with_method(task: Task, method: str) -> Task:
+    """`task` with `quant.method = method`; its spec checksum is that of the file with the
+    field set, so tables built from a file saying so and from this override agree."""
+    if method not in QUANT_METHODS:
+        raise MqbenchError(f"quantization method {method!r}: choose one of "
+                           f"{', '.join(QUANT_METHODS)}{did_you_mean(method, QUANT_METHODS)}")
+    if method == task.quant.method:
+        return task
+    raw = tomllib.loads(Path(task.path).read_text()) if task.path and Path(task.path).is_file() \
+        else None
+    if raw is None:
+        raise MqbenchError(f"task {task.name}: the method override needs the task file "
+                           f"{task.path!r}")
+    raw.setdefault("quant", {})["method"] = method
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return dataclasses.replace(task, quant=dataclasses.replace(task.quant, method=method),
+                               spec_checksum=hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def _load_file(name_or_path: str) -> Task:
     path = Path(name_or_path)
     if path.suffix == ".toml" or os.sep in name_or_path:
         if not path.is_file():

@@ -101,9 +101,9 @@ def load_or_train(task, model: nn.Module, train_split_fn, mean, std,
     cache), and trains only when neither exists. Returns the model and the manifest
     (checksum, seed, versions, training time).
     """
-    folder = cache_dir() / "models" / task.key
+    folder = cache_dir() / "models" / task.model_key  # one model for every quantizer method
     weights, manifest_path = folder / "weights.pt", folder / "manifest.json"
-    shipped = shipped_dir(task.key)
+    shipped = shipped_dir(task.model_key)
     if not weights.exists() and (shipped / "weights.pt").exists():
         folder.mkdir(parents=True, exist_ok=True)
         # manifest first, weights last: a reader that sees the weights sees both complete
@@ -126,7 +126,7 @@ def load_or_train(task, model: nn.Module, train_split_fn, mean, std,
     start = time.perf_counter()
     model = train_model(model, train_split_fn(), mean, std, task.model.train, task.seed, progress)
     state = model.state_dict()
-    manifest = {"task": task.key, "seed": task.seed, "checksum": weights_checksum(state),
+    manifest = {"task": task.model_key, "seed": task.seed, "checksum": weights_checksum(state),
                 "torch": torch.__version__, "threads": TRAIN_THREADS,
                 "train_seconds": round(time.perf_counter() - start, 1)}
     folder.mkdir(parents=True, exist_ok=True)

@@ -89,14 +89,18 @@ class Bench:
     splits: Splits | None = None  # protocol 2: which samples each set holds
     _prepared: dict[int, QuantizedModel] = field(default_factory=dict)
 
-    def calibration(self, seed: int, n: int | None = None) -> torch.Tensor:
-        """Normalised calibration inputs drawn from the training split with `seed`."""
+    def calibration_split(self, seed: int, n: int | None = None) -> D.Split:
+        """Calibration samples (inputs and labels) drawn from the training split with `seed`."""
         n = n or self.task.data.calibration_samples
         if self.splits is None:
-            split = D.load_split(self.task.data, "train", n, seed)
-        else:  # protocol 2: never from the held-out validation samples
-            split = D.load_indexed(self.task.data, "train",
-                                   lambda total: self.splits.calibration(n, seed, total))
+            return D.load_split(self.task.data, "train", n, seed)
+        # protocol 2: never from the held-out validation samples
+        return D.load_indexed(self.task.data, "train",
+                              lambda total: self.splits.calibration(n, seed, total))
+
+    def calibration(self, seed: int, n: int | None = None) -> torch.Tensor:
+        """Normalised calibration inputs drawn from the training split with `seed`."""
+        split = self.calibration_split(seed, n)
         return D.to_input(split.x, self.mean, self.std)
 
     def prepared(self, cal_seed: int) -> QuantizedModel:
@@ -106,7 +110,7 @@ class Bench:
             self._prepared[cal_seed] = prepare(
                 self.model, list(self.space.modules), self.calibration(cal_seed),
                 q.weight_bits, q.act_bits, q.weight_clip, q.act_clip, q.fold_bn, cal_seed,
-                device=eval_device(), group_size=q.group_size)
+                device=eval_device(), group_size=q.group_size, method=q.method)
         return self._prepared[cal_seed]
 
     def evaluator(self, cal_seed: int, batch_size: int | None = None,

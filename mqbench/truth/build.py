@@ -38,6 +38,7 @@ from mqbench.truth.bench import Bench, eval_device, open_bench
 from mqbench.truth.noise import CONFIG_KINDS, noise_ceilings, table_stats
 from mqbench.truth.protocol2 import Item
 from mqbench.truth.store import (
+    SCHEMA_VERSION,
     check_provenance,
     columns,
     connect,
@@ -154,13 +155,8 @@ def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = 
     if shard is not None:
         items = items[shard[0]::shard[1]]
     chunk = chunk or 16
-    con = connect(path)
+    con = _open_build(path, bench, shard, SCHEMA_VERSION)
     try:
-        stored = read_meta(con)
-        check_provenance(stored, bench, path)
-        if not stored:
-            write_meta(con, {**table_provenance(bench), "shard": f"{shard[0]}/{shard[1]}"
-                            if shard else "", "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         done = set(con.execute("SELECT kind, cal_seed, key FROM results").fetchall())
         todo = [it for it in items if (it.kind, it.cal_seed, it.cfg.key) not in done]
         if stop_after is not None:
@@ -193,17 +189,28 @@ def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = 
 
 
 
+def _open_build(path: Path, bench: Bench, shard, schema: int):
+    """Open (or start) the table file of a build: its stored provenance must be this
+    build's, and a new file gets it written first."""
+    con = connect(path, schema=schema)
+    try:
+        stored = read_meta(con)
+        check_provenance(stored, bench, path)
+        if not stored:
+            write_meta(con, {**table_provenance(bench), "shard": f"{shard[0]}/{shard[1]}"
+                            if shard else "", "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 def _build_v2(task: Task, bench: Bench, path: Path, shard, progress: bool, chunk: int,
               stop_after: int | None, report) -> Path:
     """Protocol 2: the fixed phase (every shard), then this shard's share of the samples."""
     schema = schema_of(task)
-    con = connect(path, schema=schema)
+    con = _open_build(path, bench, shard, schema)
     try:
-        meta = read_meta(con)
-        check_provenance(meta, bench, path)
-        if not meta:
-            write_meta(con, {**table_provenance(bench), "shard": f"{shard[0]}/{shard[1]}"
-                            if shard else "", "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         start = time.perf_counter()
         fixed = P2.fixed_items(bench)
         total = P2.planned_rows(bench)

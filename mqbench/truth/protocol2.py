@@ -11,8 +11,9 @@ draw selects, so it never reads test numbers) and keeps most configurations amon
 predicted usable (damage within 5 accuracy points, LM: 5% perplexity), with
 `table.broken_share` of them drawn among the predicted-broken ones. Because that draw reads
 measured rows, the sample plan is a function of the fixed rows stored in the same table; a
-table's plan is always recomputed from its own rows. `noise_configs` of the samples are
-re-measured under the second seed too.
+table's plan is always recomputed from its own rows, except that a table of another
+quantization method than rtn draws the rtn table's plan (the same configurations under every
+method). `noise_configs` of the samples are re-measured under the second seed too.
 
 `measure_items` is the build's inner loop: rows grouped by seed and sorted so that shared
 prefixes are consecutive, each group evaluated prefix-shared on the test and validation sets.
@@ -31,8 +32,10 @@ import pandas as pd
 from mqbench.errors import MqbenchError
 from mqbench.quant.quantizer import FP
 from mqbench.quant.space import BitConfig, Space, sample_by_damage, sample_configs
+from mqbench.task.spec import with_method
 from mqbench.truth.bench import Bench, Measured
 from mqbench.truth.noise import USABLE_ACC_DROP, USABLE_PPL_RATIO
+from mqbench.truth.store import open_table
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ def sample_items(bench: Bench, rows: pd.DataFrame | None) -> list[Item]:
     task, space = bench.task, bench.space
     t = task.table
     if t.sampling == "damage":
+        if task.quant.method != "rtn":
+            rows = _rtn_rows(task)
         if rows is None:
             raise MqbenchError(f"the sample plan of {task.key} depends on its per-layer rows; "
                                f"build the fixed rows first")
@@ -131,6 +136,19 @@ def sample_items(bench: Bench, rows: pd.DataFrame | None) -> list[Item]:
         pick = np.linspace(0, len(samples) - 1, min(t.noise_configs, len(samples)))
         samples += [Item("sample", t.noise_seed, samples[int(round(i))].cfg) for i in pick]
     return samples
+
+
+def _rtn_rows(task) -> pd.DataFrame:
+    """The rtn table's rows: another method's table draws the rtn table's configurations
+    (its damage plan), so one task's tables hold the same configurations under every method
+    and compare configuration by configuration."""
+    rtn = with_method(task, "rtn")
+    try:
+        return open_table(rtn).rows
+    except MqbenchError as exc:
+        raise MqbenchError(f"the {task.quant.method} table of {task.name} measures the rtn "
+                           f"table's configurations; build that first (`mqbench build --task "
+                           f"{task.name}`): {exc}") from None
 
 
 def plan_checksum(items: list[Item]) -> str:

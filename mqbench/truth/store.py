@@ -144,7 +144,7 @@ def table_provenance(bench: Bench) -> dict[str, str]:
     task = bench.task
     return {"schema_version": schema_of(task), "task": task.name, "task_version": task.version,
             "task_checksum": task.checksum, "task_spec_checksum": task.spec_checksum,
-            "seed": task.seed,
+            "seed": task.seed, "quant_method": task.quant.method,
             **software(),
             "weights_checksum": bench.weights_manifest.get("checksum", "pretrained"),
             "eval_samples": len(bench.eval_split), "units": ",".join(bench.space.units),
@@ -244,9 +244,9 @@ def export_table(task: Task) -> Path:
     finally:
         con.close()
     (out / "table_meta.json").write_text(json.dumps(table.meta, indent=1, sort_keys=True) + "\n")
-    models = cache_dir() / "models" / task.key
-    for name in ("weights.pt", "manifest.json"):
-        if (models / name).exists():
+    models = cache_dir() / "models" / task.model_key
+    for name in ("weights.pt", "manifest.json"):  # shipped once, beside the rtn table
+        if task.key == task.model_key and (models / name).exists():
             shutil.copyfile(models / name, out / name)
     artifacts.pin(sorted(p for p in out.iterdir() if p.is_file()))
     return out
@@ -323,4 +323,10 @@ def load_table(task: Task) -> Table:
     if rows_checksum(rows) != meta.get("rows_checksum"):
         raise MqbenchError(f"table {path} fails its checksum (corrupt or modified); rebuild "
                            f"with `mqbench build --task {task.name} --force`")
+    if meta.get("quant_method", "rtn") != task.quant.method:
+        raise MqbenchError(f"table {path} was built with quantization method "
+                           f"{meta.get('quant_method')!r}, not {task.quant.method!r}; rebuild "
+                           f"it with `mqbench build --task {task.label} --force`")
+    # tables built before methods existed are round-to-nearest ones
+    meta = {**meta, "quant_method": meta.get("quant_method", "rtn")}
     return Table(task, rows, meta, path)

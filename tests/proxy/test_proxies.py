@@ -362,3 +362,39 @@ def test_check_proxy_catches(fn, kind, rule):
     bad = Proxy("bad", 1, "", kind, fn if kind != "config" else (lambda s, c: fn(s)))
     with pytest.raises(MqbenchError, match=rule):
         check_proxy(bad, fake_stats())
+
+
+def test_hessian_with_batchnorm_unfolded(tiny_stats):
+    """hessian_bn="unfolded" takes Tr(H) on the conv weights of the model with its BatchNorm
+    (HAWQ's reference parametrisation). Folding is W' = f W per output channel (f = gamma /
+    sigma), so the unfolded Hessian's diagonal is f^2 times the folded one's: the unfolded
+    Hutchinson trace lies within 4 standard errors of sum f^2 diag(H_folded), with the
+    folded diagonal computed exactly (one HVP per weight of the stem conv)."""
+    from mqbench.quant.quantizer import fold_batchnorm
+
+    bench = tiny_stats._bench
+    un = Stats(bench, folder=tiny_stats.shared_folder, hessian_bn="unfolded")
+    assert un.path("hessian-v3") != tiny_stats.path("hessian-v3")
+    assert un.path("gradients-v2") == tiny_stats.path("gradients-v2")
+    x, y = tiny_stats._batch()
+    folded = fold_batchnorm(bench.model)
+    w = folded.get_submodule("conv1").weight
+    w.requires_grad_(True)
+    g = torch.autograd.grad(F.cross_entropy(folded(x), y.reshape(-1)), w, create_graph=True)[0]
+    diag = torch.zeros(w.numel())
+    for i in range(w.numel()):
+        e = torch.zeros(w.numel())
+        e[i] = 1.0
+        hv = torch.autograd.grad(g, w, grad_outputs=e.view_as(w), retain_graph=True)[0]
+        diag[i] = hv.reshape(-1)[i]
+    bn = bench.model.bn1 if hasattr(bench.model, "bn1") else None
+    assert bn is not None, "the tiny ResNet-8's stem conv is followed by bn1"
+    f = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+    want = float((diag.view(w.shape[0], -1) * (f ** 2)[:, None]).sum())
+    i = un.modules.index("conv1")
+    got, se = float(un.hessian_trace[i]), float(un.hessian_trace_se[i])
+    assert abs(got - want) <= 4 * se, (got, want, se)
+    assert float(diag.sum()) == pytest.approx(float(tiny_stats.hessian_trace[i]),
+                                              abs=4 * float(tiny_stats.hessian_trace_se[i]))
+    with pytest.raises(MqbenchError, match="hessian_bn"):
+        Stats(bench, hessian_bn="sideways")

@@ -14,6 +14,7 @@ from mqbench.proxy.contract import Proxy, get_proxy, load_proxy_file
 from mqbench.proxy.sandbox import run_limited
 from mqbench.scoring.harness import EvalOptions, evaluate_proxy, layer_truth
 from mqbench.scoring.metrics import spearman
+from mqbench.scoring.record import Record
 from mqbench.task.spec import load_task
 from mqbench.truth.store import load_table
 
@@ -235,3 +236,62 @@ def test_allocations_are_measured_once_and_cached(tiny_env, monkeypatch):
     for d in first.downstream:
         fresh = ev.evaluate(BitConfig.from_key(d.config))
         assert (fresh.acc, fresh.loss, fresh.kl) == (d.acc, d.loss, d.kl)
+
+
+def test_a_proxy_runs_on_several_calibration_batches(lb):
+    """batches=3: the record keeps each batch's damage matrix, the task seed's first and equal
+    to the record's scores; a data-reading proxy (Fisher: gradients) changes from batch to
+    batch, a data-free one (weight norm) does not; each batch's calibration samples are its
+    own seeded draw and never leave the training split."""
+    import numpy as np
+
+    from mqbench.proxy.context import Stats
+    from mqbench.scoring.harness import config_matrix, config_scores
+    from mqbench.truth.bench import open_bench
+
+    task = load_task("tiny")
+    opts = EvalOptions(bootstrap=0, progress=False, isolate=False, downstream=False, batches=3)
+    space = open_bench(task, progress=False).space
+    fisher = evaluate_proxy(get_proxy("fisher"), task, opts)
+    norm = evaluate_proxy(get_proxy("weight_norm"), task, opts)
+    for rec in (fisher, norm):
+        assert list(rec.batch_damage) == [str(task.seed + i) for i in range(3)]
+        keys = list(rec.scores)
+        first = config_scores(np.array(rec.batch_damage[str(task.seed)]),
+                              config_matrix(space, keys))
+        assert np.allclose(first, [rec.scores[k] for k in keys], rtol=1e-12, atol=0)
+    mats = [np.array(m) for m in fisher.batch_damage.values()]
+    assert not np.allclose(mats[0], mats[1])
+    assert all(np.array_equal(np.array(m), np.array(norm.batch_damage["0"]))
+               for m in norm.batch_damage.values())
+    bench = open_bench(task, progress=False)
+    a, b = Stats(bench)._batch()[0], Stats(bench, batch_seed=1)._batch()[0]
+    assert a.shape == b.shape and not torch_equal(a, b)
+    assert Stats(bench, batch_seed=1).folder != Stats(bench).folder
+    assert Stats(bench, batch_seed=1).path("basic") == Stats(bench).path("basic")  # shared
+    with pytest.raises(MqbenchError, match="whole number >= 1"):
+        EvalOptions(batches=0)
+    one = evaluate_proxy(get_proxy("fisher"), task, EvalOptions(
+        bootstrap=0, progress=False, isolate=False, downstream=False, batches=1))
+    assert one.batch_damage is None and one.scores == fisher.scores
+    assert "batch_damage" not in one.to_dict() and "options" not in one.to_dict()
+    # Hessians with BatchNorm unfolded: recorded as an option, under the variant's name
+    opts1 = EvalOptions(bootstrap=0, progress=False, isolate=False, downstream=False,
+                        batches=1)
+    folded = evaluate_proxy(get_proxy("hawqv2"), task, opts1)
+    unfolded = evaluate_proxy(get_proxy("hawqv2"), task, EvalOptions(
+        bootstrap=0, progress=False, isolate=False, downstream=False, batches=1,
+        hessian_bn="unfolded"))
+    assert (folded.proxy, folded.options) == ("hawqv2", None)
+    assert unfolded.proxy == "hawqv2@hessian-bn-unfolded"
+    assert unfolded.options == {"hessian_bn": "unfolded"}
+    assert unfolded.sensitivity != folded.sensitivity
+    assert Record.from_json(unfolded.to_json()) == unfolded
+    with pytest.raises(MqbenchError, match="hessian_bn"):
+        EvalOptions(hessian_bn="both")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -330,3 +330,42 @@ def test_cross_task_of_two_identical_tasks(verdict):
     for n in ct.names:  # the point mean rank lies in its bootstrap interval
         mean, lo, hi = ct.mean_rank[n]
         assert lo - 1e-9 <= mean <= hi + 1e-9 or math.isclose(lo, hi)
+
+
+def test_calibration_batches_widen_the_interval_and_stay_paired(records, data):
+    """A record holding several calibration batches: resample b scores batch b mod n (checked
+    against scipy on the resampled data), the per-batch spread is the scipy Spearman of each
+    batch, and a proxy whose batches disagree gets a wider interval than with one batch."""
+    base = next(r for r in records if r.proxy == "fisher")
+    sens = np.array([base.sensitivity[u] for u in data.units])
+    rng = np.random.default_rng(5)
+    mats = [(sens * rng.lognormal(0, 1.0, len(sens)) ** (i > 0))[:, None] * data.pert
+            for i in range(4)]
+    batches = {str(i): m.tolist() for i, m in enumerate(mats)}
+    scores = [F.damage_scores(data, m) for m in mats]
+    first = dict(zip(data.keys.tolist(), scores[0].tolist()))  # the first batch's: `scores`
+    one = dataclasses.replace(base, proxy="noisy1", proxy_sha256="a" * 64, scores=first)
+    many = dataclasses.replace(one, proxy="noisy4", proxy_sha256="b" * 64,
+                               batch_damage=batches)
+    v = V.task_verdict(TASK, [*records, one, many])
+    c = v.comparisons[("all", "spearman")]
+    counts = RS.bootstrap_counts(data.n, v.resamples, data.task.seed)
+    for b in (0, 1, 2, 3, 7):
+        idx = np.repeat(np.arange(data.n), counts[b].astype(int))
+        want = stats.spearmanr(scores[b % 4][idx], data.quality[idx]).statistic
+        assert c.draws["noisy4"][b] == pytest.approx(want, abs=1e-10)
+        floor = stats.spearmanr(
+            F.floor_scores(data)[c.best_floor][idx], data.quality[idx]).statistic
+        assert c.draws[c.best_floor][b] == pytest.approx(floor, abs=1e-10)
+    mean, std, n = c.stats["noisy4"].batch
+    each = [stats.spearmanr(s, data.quality).statistic for s in scores]
+    assert n == 4 and mean == pytest.approx(np.mean(each)) and std == pytest.approx(
+        np.std(each, ddof=1))
+    assert c.stats["noisy4"].value == c.stats["noisy1"].value  # the point: the first batch
+    assert c.stats["noisy1"].batch is None
+    width = {k: c.stats[k].hi - c.stats[k].lo for k in ("noisy1", "noisy4")}
+    assert width["noisy4"] > width["noisy1"]
+    # matrices that do not reproduce the record's scores are not trusted
+    wrong = dataclasses.replace(many, proxy="wrong", proxy_sha256="c" * 64,
+                                batch_damage={k: batches[k] for k in ("1", "2")})
+    assert V._batch_scores(data, wrong, scores[0]) is None

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from mqbench.errors import MqbenchError
+from mqbench.proxy.context import Stats
 from mqbench.quant.quantizer import FP
 from mqbench.quant.space import BitConfig, Space, sample_by_damage, sample_configs
 from mqbench.search.evolution.discover import discover
@@ -130,6 +131,14 @@ def test_splits_are_disjoint(v2_env, monkeypatch):
         assert len(cal) == 64 and set(cal.tolist()) <= rest
         assert torch.equal(bench.calibration(seed), D.to_input(train_all.x[cal], bench.mean,
                                                                bench.std))
+    # the proxies' calibration batches too, for every batch seed (mqbench.proxy.context)
+    n = task.harness.calibration_batch
+    for seed in range(3):
+        x, y = Stats(bench, batch_seed=seed)._batch()
+        cal = sp.calibration(n, seed)
+        assert set(cal.tolist()) <= rest
+        assert torch.equal(x, D.to_input(train_all.x[cal], bench.mean, bench.std))
+        assert torch.equal(y, train_all.y[cal])
     h0, h1 = (set(h.tolist()) for h in sp.halves)
     assert len(h0) == len(h1) == 120 and not h0 & h1 and h0 | h1 == set(range(240))
     test = D.load_split(task.data, "test")
@@ -358,6 +367,22 @@ def test_damage_plan_comes_from_the_layer_rows(built):
     assert broken == round(0.1 * task.table.configs)
     assert {(it.kind, it.cal_seed, it.cfg.key) for it in plan(bench, rows)} == \
         set(zip(rows.kind, rows.cal_seed, rows.key))
+
+
+def test_another_method_measures_the_rtn_tables_configurations(built):
+    """tiny2@gptq draws its samples from the rtn table's damage plan: the two tables hold
+    the same configurations, so they compare configuration by configuration."""
+    gptq = load_task("tiny2", method="gptq")
+    build_table(gptq, progress=False)
+    other = load_table(gptq)
+
+    def same(t):
+        return set(t.kind("sample").key)
+
+    assert same(other) == same(built) and len(same(built)) == gptq.table.configs
+    assert other.meta["plan_checksum"] == built.meta["plan_checksum"]
+    a = other.kind("sample").set_index("key").acc
+    assert (a != built.kind("sample").set_index("key").acc.reindex(a.index)).any()
 
 
 # ---------------------------------------------------------------- prefix sharing

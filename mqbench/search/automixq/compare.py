@@ -73,7 +73,7 @@ def automixq_record(search: Search, state, evaluator: Evaluator) -> Record:
         proxy="automixq", proxy_version=VERSION,
         proxy_sha256=hashlib.sha256(Path(search_module.__file__).read_bytes()).hexdigest(),
         proxy_kind="search", paper="AutoMixQ, Algorithm 1 (global 2/4-bit search)",
-        task=task.name, task_version=task.version, task_checksum=task.checksum,
+        task=task.label, task_version=task.version, task_checksum=task.checksum,
         table_checksum=None, seed=task.seed, **software(), n_configs=0, bootstrap=0,
         metrics={}, downstream=tuple(allocations),
         timing=Timing(proxy_seconds=seconds, score_seconds=0.0,

@@ -46,6 +46,6 @@ def run(task: Task, out: Path, checkpoint: Path | None = None, resume: bool = Fa
     ckpt = checkpoint or out / f"{task.key}-automixq.ckpt.json"
     search = Search(open_bench(task, progress=progress), progress=progress)
     state = search.run(ckpt, resume=resume)
-    result = compare(search, state, load_records(task.name), random_seeds=random_seeds)
+    result = compare(search, state, load_records(task.label), random_seeds=random_seeds)
     js, md = write(result, out)
     return Outcome(markdown(result), js, md, ckpt)

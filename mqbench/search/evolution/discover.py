@@ -146,7 +146,7 @@ def discover(task: Task, settings: Settings, out: Path, *, holdout: tuple[Task, 
     if not name.isidentifier():
         raise MqbenchError(f"--out {out}: the file name must be a Python identifier (it names "
                            f"the proxy), e.g. proxies/discovered_symbolic.py")
-    if settings.task != task.name:
+    if settings.task != task.label:
         raise MqbenchError(f"settings are for task {settings.task!r}, not {task.name!r}")
     workdir = Path(workdir) if workdir is not None else default_workdir(out)
     gen = make_generator(settings, workdir, llm)
