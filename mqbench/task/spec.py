@@ -367,10 +367,9 @@ def parse_task(text: str, source: str = "<string>") -> Task:
     except tomllib.TOMLDecodeError as exc:
         raise MqbenchError(f"task file {source}: not valid TOML ({exc})") from None
     task = _build(Task, raw, f"task file {source}")
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
     task = dataclasses.replace(task, path=source,
                                checksum=hashlib.sha256(text.encode()).hexdigest(),
-                               spec_checksum=hashlib.sha256(canonical.encode()).hexdigest())
+                               spec_checksum=_spec_checksum(raw))
     _check(task, f"task file {source}")
     return task
 
@@ -419,9 +418,18 @@ def with_method(task: Task, method: str) -> Task:
         raise MqbenchError(f"task {task.name}: the method override needs the task file "
                            f"{task.path!r}")
     raw.setdefault("quant", {})["method"] = method
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
     return dataclasses.replace(task, quant=dataclasses.replace(task.quant, method=method),
-                               spec_checksum=hashlib.sha256(canonical.encode()).hexdigest())
+                               spec_checksum=_spec_checksum(raw))
+
+
+def _spec_checksum(raw: dict) -> str:
+    """sha256 of a task's parsed values as canonical JSON; `quant.method = "rtn"` (the
+    default) counts as unset, so a file that says it and one that does not agree."""
+    quant = raw.get("quant")
+    if isinstance(quant, dict) and quant.get("method") == "rtn":
+        raw = {**raw, "quant": {k: v for k, v in quant.items() if k != "method"}}
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _load_file(name_or_path: str) -> Task:

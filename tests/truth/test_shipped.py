@@ -54,6 +54,24 @@ def test_shipped_table_rebuilds(name, tmp_path, monkeypatch):
         assert m.kl == pytest.approx(row.kl, rel=1e-3, abs=1e-5)
 
 
+@pytest.mark.parametrize("name", ["fmnist-resnet8", "fmnist-vit"])
+def test_shipped_plan_is_todays_plan(name, tmp_path, monkeypatch):
+    """The shipped configurations are the ones today's code draws from the table's own
+    validation-split per-layer rows (a plan drawn from test numbers, or by older code, fails
+    here): same items, same plan checksum."""
+    from mqbench.truth import protocol2 as P2
+
+    task = load_task(name)
+    _need_shipped_and_data(task)
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
+    assert import_shipped(task)
+    table = load_table(task)
+    samples = P2.sample_items(open_bench(task, progress=False), table.rows)
+    assert P2.plan_checksum(samples) == table.meta["plan_checksum"]
+    stored = set(zip(table.rows.kind, table.rows.cal_seed, table.rows.key))
+    assert {(it.kind, it.cal_seed, it.cfg.key) for it in samples} <= stored
+
+
 def test_cli_eval_on_the_default_bundled_task(tmp_path, monkeypatch, capsys):
     """The README's main job: `mqbench eval --proxy proxies/tap_best.py`, default task."""
     import json
