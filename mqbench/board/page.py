@@ -39,7 +39,9 @@ def role(row: dict) -> str:
 
 def source_link(proxy: str) -> str | None:
     """Link from the page (leaderboard/site/) to the proxy's file in the repository's
-    proxies/, or None when that file does not exist."""
+    proxies/, or None when that file does not exist (a variant `name@option` links to the
+    proxy's own file)."""
+    proxy = proxy.partition("@")[0]
     path = REPO_ROOT / "proxies" / f"{_FILE_OF.get(proxy, proxy)}.py"
     return f"../../proxies/{path.name}" if path.is_file() else None
 

@@ -114,6 +114,12 @@ def task_summary(v: V.TaskVerdict) -> str:
     return " ".join(parts)
 
 
+def _ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, ..."""
+    tail = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{tail}"
+
+
 def _mean(xs) -> float:
     xs = [x for x in xs if not math.isnan(x)]
     return sum(xs) / len(xs) if xs else float("nan")
@@ -193,8 +199,8 @@ def conclusion(verdicts: list[V.TaskVerdict], cross: V.CrossTask | None) -> str:
     if room:
         out.append("The additive oracle (the table's own single-layer measurements summed) "
                    "reaches " + "; ".join(room) + ".")
-    draws = [f"{100 * v.random_percentile:.0f}th percentile on {v.task}" for v in verdicts
-             if v.random_percentile is not None]
+    draws = [f"{_ordinal(round(100 * v.random_percentile))} percentile on {v.task}"
+             for v in verdicts if v.random_percentile is not None]
     if draws:
         out.append("The `random` record is a single draw of the random floor: at the "
                    + ", ".join(draws) + f" of {verdicts[0].random_draws} draws.")
@@ -206,8 +212,14 @@ def conclusion(verdicts: list[V.TaskVerdict], cross: V.CrossTask | None) -> str:
             elsewhere = [f"{w.task}: {w.comparisons[('all', V.HEADLINE)].stats[e.name].verdict}"
                          for w in verdicts if w is not v and any(
                              x.name == e.name and x.ranked for x in w.entries)]
-            out.append(f"{e.name} leads {v.task} ({c.stats[e.name].value:.3f}), the table it "
-                       f"was searched on; out of sample it is "
+            value = c.stats[e.name].value
+            ranked = [x.name for x in v.entries if x.ranked]
+            place = 1 + sum(c.stats[n].value > value for n in ranked)
+            base = v.task.partition("@")[0]
+            where = ("the table it was searched on" if base == v.task else
+                     f"in-sample: the model and images it was searched on ({base})")
+            out.append(f"{e.name} scores {value:.3f} on {v.task}, {where}; it would rank "
+                       f"{_ordinal(place)} of {len(ranked) + 1} there; out of sample it is "
                        + (", ".join(elsewhere) or "not scored") + ".")
     if cross is not None and not math.isnan(cross.kendall_w):
         word = ("largely agree" if cross.kendall_w >= 0.7 else
@@ -262,14 +274,17 @@ def _batch_sentence(verdicts: list[V.TaskVerdict]) -> str:
     spread, missing = [], []
     for v in verdicts:
         stats = v.comparisons[("all", V.HEADLINE)].stats
-        for e in v.entries:
-            if e.role != "proxy":
-                continue
-            b = stats[e.name].batch
+        proxies = [e.name for e in v.entries if e.role == "proxy"]
+        one = []
+        for name in proxies:
+            b = stats[name].batch
             if b is None or not math.isfinite(b[1]):
-                missing.append(f"{e.name} on {v.task}")
+                one.append(name)
             else:
-                spread.append((b[1], b[2], e.name, v.task))
+                spread.append((b[1], b[2], name, v.task))
+        if one:
+            missing.append(f"all {len(one)} proxies on {v.task}" if len(one) == len(proxies)
+                           else f"{', '.join(one)} on {v.task}")
     if not spread:
         return ("Not yet measured: each proxy's variance over calibration batches (records "
                 "hold one batch), so margins of a few thousandths should not be read as a "
@@ -281,7 +296,8 @@ def _batch_sentence(verdicts: list[V.TaskVerdict]) -> str:
             f"(median over proxies and tasks; largest {top[0]:.3f}: {top[2]} on {top[3]}); "
             f"every interval and verdict above includes it.")
     if missing:
-        text += f" One batch only: {', '.join(missing)}."
+        text += (f" One batch only (recorded before batches; not yet re-run): "
+                 f"{'; '.join(missing)}.")
     return text
 
 

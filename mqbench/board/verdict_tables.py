@@ -223,8 +223,19 @@ def _batches(v: V.TaskVerdict) -> str:
 
 
 # ---------------------------------------------------------------- aggregation rules
+# The configuration rule each proxy's own paper (or code) uses, as the proxy files' docstrings
+# document it: HAWQ-V2's Omega and FIT are -sum s_l * ||Q(W_l) - W_l||^2 (perturbation);
+# EMQ's baselines and searched proxy, OMPQ's ILP objective and bops/bparams are sum s_l * b_l
+# (bits). HAWQ (V1) only orders layers, SNIP/SynFlow are pruning scores, QE designs networks,
+# TAP publishes no code: no rule of their own.
+PAPER_RULES = {"hawqv2": "perturbation", "fisher": "perturbation", "ompq": "bits",
+               "emq": "bits", "emq_aligned": "bits", "emq_hawqv1": "bits",
+               "emq_hawqv2": "bits", "emq_ompq": "bits", "bsnip": "bits", "bsynflow": "bits",
+               "bops": "bits", "bparams": "bits"}
+
 RULE_COLUMNS = (
     Column("own", "ρs@100% (record)", r"$\rho_s$ record"),
+    Column("paper", "ρs paper's rule", r"$\rho_s$ paper"),
     Column("perturbation", "ρs perturbation-weighted", r"$\rho_s$ pert."),
     Column("rank_perturbation", "rank", "rank", digits=0, higher_better=False, ranked=False),
     Column("bits", "ρs bit-weighted", r"$\rho_s$ bits"),
@@ -240,7 +251,7 @@ def rules_report(task: str, records: list[Record]) -> Report:
     """Every proxy with a per-unit sensitivity under both aggregation rules."""
     v = verdict_of(task, records)
     title = f"{task}: ρs@100% under each aggregation rule (headline: perturbation-weighted)"
-    labels = (("proxy", "proxy"), ("kind", "kind"))
+    labels = (("proxy", "proxy"), ("kind", "kind"), ("paper_rule", "paper's rule"))
     if v is None:
         return Report(title, labels, RULE_COLUMNS, (), notes=(("No ground-truth table at hand "
                                                                "for this task."),))
@@ -251,21 +262,25 @@ def rules_report(task: str, records: list[Record]) -> Report:
         c for b in extra for c in (
             Column(f"sens_{b}", f"ρ_sens of s @{b} bits", rf"$\rho_{{sens}}(s)$@{b}"),
             Column(f"sens_term_{b}", f"ρ_sens of the term @{b} bits",
-                   rf"$\rho_{{sens}}$(term)@{b}")))
+                   rf"$\rho_{{sens}}$(term)@{b}", ci=True)))
     rows = []
     for e in v.entries:
         if e.name not in v.rules:
             continue
         rec = by_name.get(e.name)
         sens = v.sens.get(e.name)
-        row = {"proxy": e.name, "kind": e.kind,
+        paper = PAPER_RULES.get(e.name.partition("@")[0]) if e.role == "proxy" else None
+        row = {"proxy": e.name, "kind": e.kind, "paper_rule": paper or "–",
                "role": role_of(rec) if rec is not None else e.role,
                **v.rules[e.name],
+               "paper": v.rules[e.name][paper] if paper else math.nan,
                "layer_spearman": sens.value if sens else math.nan,
                "layer_spearman_term": sens.damage if sens else math.nan}
-        at = {b: (x, t) for b, x, t in (sens.by_bits if sens else ())}
+        at = {b: (x, t, *ci) for (b, x, t), ci in
+              zip(sens.by_bits if sens else (), sens.by_bits_ci if sens else ())}
         for b in extra:
-            row[f"sens_{b}"], row[f"sens_term_{b}"] = at.get(b, (math.nan, math.nan))
+            (row[f"sens_{b}"], row[f"sens_term_{b}"], row[f"sens_term_{b}_lo"],
+             row[f"sens_term_{b}_hi"]) = at.get(b, (math.nan,) * 4)
         if e.in_sample:
             row["in_sample"] = True
         rows.append(row)
@@ -290,7 +305,11 @@ def rules_report(task: str, records: list[Record]) -> Report:
         "s_l·(‖ΔW_l‖² at the lowest bits − at the highest), what the configuration score "
         "actually adds up" + (f"; @b bits: the same against each unit alone at b bits "
         f"(layer_bit proxies: only their lowest-bit s is recorded)" if extra else "") +
-        ". Paper-specific rules (HAWQ-V2's Pareto, OMPQ's ILP) are not reproduced."),)
+        ". Paper's rule: the configuration rule of the proxy's own paper or code, where it "
+        "has one (HAWQ-V2 and FIT: perturbation-weighted, their Ω; EMQ's proxies and "
+        "baselines, OMPQ's ILP objective, bops, bparams: bit-weighted); – : the paper only "
+        "orders layers (HAWQ), scores pruning (SNIP, SynFlow), designs networks (QE) or "
+        "publishes no rule (TAP)."),)
     return Report(title, labels, columns, tuple(rows),
                   best=frozenset(value_best(Report(title, labels, columns, tuple(rows)))),
                   notes=notes)
@@ -334,10 +353,21 @@ def cross_task_report(records: dict[str, list[Record]]) -> Report | None:
         f"W between the tasks' rankings: {ct.kendall_w:.2f} (χ² p = {ct.kendall_w_p:.2g}; "
         f"1 = every task ranks the proxies alike)."),
         (f"Caveats: ranks hide the size of differences (on some tasks every proxy is within a "
-        f"few hundredths of the floor); {len(ct.tasks)} small models on one quantizer are not "
-        f"a population of models; without a mean rank: {left or 'none'}."))
+        f"few hundredths of the floor); {_population(ct.tasks)} are not a population of "
+        f"models; without a mean rank: {left or 'none'}."))
     return Report(f"Across tasks: mean rank by ρs@100% ({', '.join(ct.tasks)})", labels,
                   columns, tuple(rows), notes=notes)
+
+
+def _population(tasks: tuple[str, ...]) -> str:
+    """`3 small models on one quantizer`, or `2 small models under 2 quantizers (a task@method
+    column is the same model again)`."""
+    models = {t.partition("@")[0] for t in tasks}
+    methods = {t.partition("@")[2] or "rtn" for t in tasks}
+    if len(methods) == 1:
+        return f"{len(models)} small models on one quantizer"
+    return (f"{len(models)} small models under {len(methods)} quantizers (a task@method column "
+            f"is the same model again, so those columns are not independent)")
 
 
 def _tex(text: str) -> str:

@@ -33,7 +33,8 @@ def summary(table: Table) -> None:
     m = table.meta
     lm = table.task.is_lm
     print(f"table {table.path}")
-    print(f"  task {m['task']} v{m['task_version']}  seed {m['seed']}  mqbench "
+    print(f"  task {m['task']} v{m['task_version']}  method {m.get('quant_method', 'rtn')}  "
+          f"seed {m['seed']}  mqbench "
           f"{m['package_version']}  commit {m['git_commit'][:12]}  rows {m['rows']}")
     print(f"  build time {float(m.get('build_seconds', 0)):.0f} s  checksum "
           f"{m['rows_checksum'][:16]}…")

@@ -256,5 +256,8 @@ def in_sample_map() -> dict[str, tuple[str, ...]]:
 
 
 def in_sample(proxy_name: str, task: str) -> bool:
-    """True when `proxy_name` was searched or tuned on `task` (its row there is in-sample)."""
-    return task in in_sample_map().get(proxy_name, ())
+    """True when `proxy_name` was searched or tuned on `task` (its row there is in-sample).
+    A variant (`name@option`) and a task label (`task@method`) count as the base proxy on
+    the base task: the search saw the same model and data."""
+    base_task = task.partition("@")[0]
+    return base_task in in_sample_map().get(proxy_name.partition("@")[0], ())

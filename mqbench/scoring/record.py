@@ -6,7 +6,10 @@ its searched allocations as one. `Record.from_dict` upgrades a record of any old
 (`migrate`), so a file written by an older mqbench reads as the current schema.
 
 Schema history: 1 = the first records; 2 = `spearman_top100` (and its CI) removed, being the
-same number as `spearman` (Spearman over all configurations, "ρs@100%").
+same number as `spearman` (Spearman over all configurations, "ρs@100%"). Optional fields
+added within schema 2 (absent from the JSON while None, so older files stay valid):
+`table_provenance`, `recorded_at`, `batch_damage` (per-calibration-batch damage matrices),
+`options` (non-default harness options, e.g. Hessians with BatchNorm unfolded).
 """
 
 from __future__ import annotations

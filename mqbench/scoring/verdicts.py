@@ -124,6 +124,8 @@ class Sens:
     # per weight bit-width b below the top with single-layer rows at b (protocol-2 tables
     # have them all): (b, Spearman of s vs the truth at b, of the score's term s_u * ΔW²_b)
     by_bits: tuple[tuple[int, float, float], ...] = ()
+    # aligned with by_bits: 95% bootstrap-over-units interval of the score's term's Spearman
+    by_bits_ci: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -338,12 +340,12 @@ def _sens(data: F.TaskData, e: Entry) -> Sens | None:
         term = s * (data.pert[:, 0] - data.pert[:, -1])
     lo, hi = RS.unit_bootstrap(s, truth, UNIT_RESAMPLES, seed)
     return Sens(S.spearman(s, truth), lo, hi, RS.permutation_pvalue(s, truth, seed=seed),
-                S.spearman(term, truth), len(s), _by_bits(data, e))
+                S.spearman(term, truth), len(s), _by_bits(data, e), _by_bits_ci(data, e))
 
 
-def _by_bits(data: F.TaskData, e: Entry) -> tuple[tuple[int, float, float], ...]:
-    """ρ_sens at each measured low bit-width (a layer_bit entry's s holds only the lowest)."""
-    out = []
+def _terms(data: F.TaskData, e: Entry):
+    """(bit-width, single-layer truth at it, the score's per-unit term at it) for each
+    measured low bit-width (a layer_bit entry's s holds only the lowest: NaN above it)."""
     for j, b in enumerate(data.weight_bits[:-1]):
         truth = data.layer_damage[:, j]
         if not np.all(np.isfinite(truth)):
@@ -354,9 +356,21 @@ def _by_bits(data: F.TaskData, e: Entry) -> tuple[tuple[int, float, float], ...]
             term = truth  # its score adds the measured damages themselves
         else:
             term = e.sensitivity * (data.pert[:, j] - data.pert[:, -1])
-        out.append((int(b), S.spearman(e.sensitivity, truth),
-                    S.spearman(term, truth) if np.all(np.isfinite(term)) else math.nan))
-    return tuple(out)
+        yield int(b), truth, term
+
+
+def _by_bits(data: F.TaskData, e: Entry) -> tuple[tuple[int, float, float], ...]:
+    """ρ_sens at each measured low bit-width: (b, of s, of the score's term)."""
+    return tuple((b, S.spearman(e.sensitivity, truth),
+                  S.spearman(term, truth) if np.all(np.isfinite(term)) else math.nan)
+                 for b, truth, term in _terms(data, e))
+
+
+def _by_bits_ci(data: F.TaskData, e: Entry) -> tuple[tuple[float, float], ...]:
+    """Per bit-width, the bootstrap-over-units interval of the term's ρ_sens."""
+    return tuple(RS.unit_bootstrap(term, truth, UNIT_RESAMPLES, data.task.seed)
+                 if np.all(np.isfinite(term)) else (math.nan, math.nan)
+                 for _, truth, term in _terms(data, e))
 
 
 def _compute(task_name: str, records: list[Record], resamples: int) -> TaskVerdict:

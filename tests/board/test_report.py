@@ -180,6 +180,11 @@ def test_rules_table_ranks_both_rules():
         assert [r[f"rank_{rule}"] for r in order] == list(range(1, len(order) + 1))
     assert fisher["move"] == fisher["rank_bits"] - fisher["rank_perturbation"]
     assert math.isnan(rows["uniform"]["rank_perturbation"])  # floors are never ranked
+    # each paper's own rule: HAWQ-V2's Omega is the perturbation rule, EMQ's is bit-weighted
+    assert (rows["hawqv2"]["paper_rule"], rows["hawqv2"]["paper"]) == \
+        ("perturbation", rows["hawqv2"]["perturbation"])
+    assert (bsnip["paper_rule"], bsnip["paper"]) == ("bits", bsnip["bits"])
+    assert rows["snip"]["paper_rule"] == "–" and math.isnan(rows["snip"]["paper"])
 
 
 def test_cross_task_report():

@@ -290,10 +290,19 @@ def test_rho_sens_at_every_measured_bit_width(data):
     full[:, 1:-1] = rng.random((full.shape[0], full.shape[1] - 2))
     more = V._by_bits(dataclasses.replace(data, layer_damage=full), e)
     assert [b for b, _, _ in more] == list(data.weight_bits[:-1])
-    for j, (b, rho, term) in enumerate(more):
+    cis = V._by_bits_ci(dataclasses.replace(data, layer_damage=full), e)
+    for j, ((b, rho, term), ci) in enumerate(zip(more, cis)):
         assert rho == pytest.approx(stats.spearmanr(s, full[:, j]).statistic)
         want = s * (data.pert[:, j] - data.pert[:, -1])
         assert term == pytest.approx(stats.spearmanr(want, full[:, j]).statistic)
+        # the interval: a bootstrap over units, recomputed with scipy on each resample
+        counts = RS.bootstrap_counts(len(s), V.UNIT_RESAMPLES, data.task.seed)
+        draws = []
+        for c in counts:
+            idx = np.repeat(np.arange(len(s)), c.astype(int))
+            if np.ptp(want[idx]) > 0 and np.ptp(full[idx, j]) > 0:
+                draws.append(stats.spearmanr(want[idx], full[idx, j]).statistic)
+        assert ci == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])), abs=1e-9)
     bit = V._by_bits(data, V.Entry("q", "proxy", "layer_bit", np.zeros(data.n), s))
     assert bit[0][2] == pytest.approx(stats.spearmanr(s, full[:, 0]).statistic)
 
