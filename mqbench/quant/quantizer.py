@@ -47,14 +47,15 @@ from torch import nn
 
 from mqbench.errors import MqbenchError
 from mqbench.quant import gptq as G
+from mqbench.task.spec import QUANT_METHODS
 
 FP = 32  # bit-width meaning full precision
 WEIGHT_ALPHAS = torch.linspace(0.01, 1.0, 100)
 ACT_ALPHAS = torch.linspace(0.30, 1.0, 36)
 ACT_SAMPLE = 1 << 18
-# weight quantization methods: `rtn` rounds each weight to the nearest grid value; `gptq`
-# places it on the same grid with GPTQ's error feedback (mqbench.quant.gptq)
-METHODS = ("rtn", "gptq")
+# weight quantization methods, the tasks' own list: `rtn` rounds each weight to the nearest
+# grid value; `gptq` places it on the same grid with GPTQ's error feedback (quant/gptq.py)
+METHODS = QUANT_METHODS
 
 
 # ---------------------------------------------------------------- weights

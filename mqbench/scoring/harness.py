@@ -214,7 +214,8 @@ def evaluate_proxy(p: Proxy, task: Task, opts: EvalOptions = EvalOptions()) -> R
     metrics.update(S.downstream_metrics(metrics, downstream, task.harness.alpha))
 
     return Record(
-        proxy=variant_name(p.name, options), proxy_version=p.version, proxy_sha256=p.source_sha256, proxy_kind=p.kind,
+        proxy=variant_name(p.name, options), proxy_version=p.version,
+        proxy_sha256=p.source_sha256, proxy_kind=p.kind,
         paper=p.paper, task=task.label, task_version=task.version, task_checksum=task.checksum,
         table_checksum=table.meta["rows_checksum"], seed=task.seed, **software(),
         # provenance of the ground-truth table the proxy was scored against

@@ -92,7 +92,8 @@ def damage_model(rows: pd.DataFrame, bench: Bench) -> tuple[Callable[[BitConfig]
         raise MqbenchError(f"table of {task.key}: damage sampling ranks on the validation "
                            f"split, which this task lacks; set data.val_split or use "
                            f"table.sampling = \"size\"")
-    fp_q = -float(fp[col].iloc[0]) if lm else float(fp[col].iloc[0])
+    sign = -1.0 if lm else 1.0  # quality: accuracy, LM: minus the cross-entropy
+    fp_q = sign * float(fp[col].iloc[0])
     dw = np.zeros((len(space.units), 33))  # [unit, weight bits] (index 32 = float)
     da = np.zeros((len(space.units), 33))
     top_w = space.weight_bits[-1]
@@ -101,7 +102,7 @@ def damage_model(rows: pd.DataFrame, bench: Bench) -> tuple[Callable[[BitConfig]
             raise MqbenchError(f"table of {task.key}: damage sampling needs every per-layer "
                                f"row first (missing {it.unit}); resume the build")
         r = layers.loc[it.cfg.key]
-        drop = max(0.0, fp_q - (-float(r[col]) if lm else float(r[col])))
+        drop = max(0.0, fp_q - sign * float(r[col]))
         u = space.units.index(it.unit)
         w, a = it.cfg.w[u], it.cfg.a[u]
         if w != top_w:
