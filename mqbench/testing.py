@@ -42,6 +42,15 @@ def write_task(folder: Path, name: str = "tiny", version: int = 1, configs: int 
     return path
 
 
+def protocol2_text(text: str, name: str, sampling: str = "damage") -> str:
+    """A protocol-1 tiny task file turned protocol 2: 240 test and 160 held-out training
+    images (`text` is TINY_TASK or a task text with the same fields)."""
+    text = text.format(name=name, version=1, configs=24, steps=40)
+    text = text.replace("eval_samples = 120",
+                        'eval_samples = 240\nval_split = "train"\nval_samples = 160')
+    return text.replace("[table]\n", f'[table]\nprotocol = 2\nsampling = "{sampling}"\n')
+
+
 TINY_LM = """
 name = "{name}"
 version = 1
@@ -136,3 +145,22 @@ def best_of(fn, n: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def dies_once(batch):
+    """A build worker that measures its batch, then is SIGKILLed the first time it runs in
+    a fresh marker folder ($MQBENCH_TEST_DIE_DIR): a worker lost mid-batch, for the
+    backends' retry tests. Later calls behave as `measure_batch`."""
+    import os
+    import signal
+
+    from mqbench.truth.work import measure_batch
+
+    result = measure_batch(batch)
+    marker = Path(os.environ["MQBENCH_TEST_DIE_DIR"]) / "died"
+    try:
+        marker.touch(exist_ok=False)
+    except FileExistsError:
+        return result
+    os.kill(os.getpid(), signal.SIGKILL)
+    return result

@@ -7,8 +7,10 @@ sandbox limits, `--bootstrap`, `--data-dir` and `--quiet` are defined once here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
+from pathlib import Path
 
 from mqbench.errors import MqbenchError
 from mqbench.task.spec import DEFAULT_TASK, QUANT_METHODS, Task, load_task
@@ -147,4 +149,52 @@ ENVIRONMENT = """environment:
   MQBENCH_LEADERBOARD  leaderboard folder: records, index, tables (default ./leaderboard)
   MQBENCH_DATA         dataset folder (as --data-dir)
   MQBENCH_DEVICE       cpu | cuda | cuda:N | auto (as --device)
-  MQBENCH_PYDOCS       folder of the Python docs corpus (default Debian's python3.11-doc)"""
+  MQBENCH_PYDOCS       folder of the Python docs corpus (default Debian's python3.11-doc)
+  RAY_ADDRESS          Ray cluster for --backend ray (as --ray-address)"""
+
+
+def add_backend(p: argparse.ArgumentParser) -> None:
+    """Where a build's batches run: --backend and each engine's settings."""
+    g = p.add_argument_group("backends (see README: Building tables on a cluster)")
+    g.add_argument("--backend", choices=["local", "ray", "slurm"], default="local",
+                   help="local worker processes (default), a Ray cluster, or a SLURM job array "
+                   "through submitit; any mix fills the same table")
+    g.add_argument("--batch-rows", type=positive_int, default=64, metavar="N",
+                   help="planned rows per batch, the unit of work and of retry (default 64)")
+    g.add_argument("--retries", type=nonnegative_int, default=2, metavar="N",
+                   help="times a batch whose worker died is run again (default 2)")
+    g.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="Ray cluster to join (default $RAY_ADDRESS; none: a private local "
+                   "instance with --jobs CPUs)")
+    g.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
+    g.add_argument("--time-min", type=positive_int, default=60, metavar="MIN",
+                   help="SLURM time limit per array task in minutes (default 60)")
+    g.add_argument("--array-parallelism", type=nonnegative_int, default=0, metavar="N",
+                   help="SLURM array tasks running at once (default 0: no limit)")
+    g.add_argument("--log-dir", type=Path, metavar="DIR",
+                   help="SLURM logs, one per array task (default $MQBENCH_CACHE/slurm-logs)")
+    g.add_argument("--cluster-config", type=Path, metavar="FILE",
+                   help="TOML with [slurm] keys (partition, time_min, parallelism, log_dir, "
+                   "and any sbatch parameter such as account or qos) or [ray] ray_address")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the plan (rows, batches) and an estimate from one timed batch; "
+                   "write nothing")
+
+
+def backend_options(args, jobs: int):
+    """The backends.Options the flags describe (a --cluster-config file, then the flags)."""
+    from mqbench.truth import backends as B
+
+    device = os.environ.get("MQBENCH_DEVICE", "cpu")
+    opts = B.Options(args.backend, jobs=jobs, retries=args.retries, batch_rows=args.batch_rows,
+                     gpus=1 if device.startswith("cuda") else 0)
+    if args.cluster_config:
+        opts = B.read_config(args.cluster_config, opts)
+    flags = {"ray_address": args.ray_address, "partition": args.partition,
+             "log_dir": args.log_dir}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.time_min != 60:
+        flags["time_min"] = args.time_min
+    if args.array_parallelism:
+        flags["parallelism"] = args.array_parallelism
+    return dataclasses.replace(opts, **flags)

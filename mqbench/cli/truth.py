@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 from mqbench.cli import args as A
 from mqbench.quant.space import BitConfig
 from mqbench.truth.bench import open_bench
-from mqbench.truth.build import build_parallel, build_table, default_jobs, merge_shards
+from mqbench.truth.build import (
+    build_parallel,
+    build_table,
+    default_jobs,
+    fill_table,
+    merge_shards,
+)
 from mqbench.truth.noise import ceiling_lines
 from mqbench.truth.store import Table, export_table, load_table, open_table
 
@@ -23,10 +30,15 @@ def cmd_build(args) -> None:
             path = build_table(task, shard=args.shard, force=args.force, progress=not args.quiet)
             print(f"shard {args.shard[0]}/{args.shard[1]} written to {path}; merge all shards "
                   f"with `mqbench build --task {task.name} --merge {args.shard[1]}`")
-        else:
+        elif args.backend == "local" and not args.dry_run:
             build_parallel(task, args.jobs or default_jobs(), force=args.force,
                            progress=not args.quiet)
             summary(load_table(task))
+        else:
+            fill_table(task, A.backend_options(args, args.jobs or default_jobs()),
+                       force=args.force, progress=not args.quiet, dry_run=args.dry_run)
+            if not args.dry_run:
+                summary(load_table(task))
 
 
 def summary(table: Table) -> None:
@@ -86,7 +98,11 @@ def register(sub) -> None:
                        "$MQBENCH_CACHE (default ~/.cache/mqbench). Interrupted builds resume "
                        "where they stopped. Evaluation runs on $MQBENCH_DEVICE (cpu by default; "
                        "cuda or auto for a GPU).",
-                       epilog="example: mqbench build --task fmnist-vit --jobs 2")
+                       epilog="examples:\n  mqbench build --task fmnist-vit --jobs 2\n"
+                       "  mqbench build --task fmnist-resnet8 --backend ray --ray-address "
+                       "head:6379\n  mqbench build --task fmnist-resnet8 --backend slurm "
+                       "--partition gpu --time-min 30 --device cuda --dry-run",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     A.add_tasks(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--shard", type=A.shard, metavar="I/N",
@@ -99,6 +115,7 @@ def register(sub) -> None:
                    help="worker processes, one thread each (default: one per CPU core); "
                    "small models evaluate faster side by side than multi-threaded")
     p.add_argument("--force", action="store_true", help="discard an existing table and rebuild")
+    A.add_backend(p)
     A.add_device(p)
     A.add_quiet(p)
     A.add_data_dir(p)

@@ -1,25 +1,26 @@
-"""Building ground-truth tables: the plan, resumable builds, shards and merging, `ensure_table`.
+"""Building ground-truth tables: the plan, resumable builds, backends, shards, `ensure_table`.
 
 The plan lists every measurement (uniform, sampled and per-layer configurations, noise
-repeats); `build_table` measures what is missing and stores it. A shard is an ordinary
-resumable build of every n-th planned measurement, in its own DuckDB file; `merge_shards`
-checks that the complete shards cover the plan exactly and writes the task's table
-atomically. `build_parallel` runs the shards side by side on one machine.
+repeats); `build_table` measures what is missing in this process and stores it.
+`fill_table` does the same through a backend (`mqbench.truth.backends`: local processes,
+Ray, SLURM): the missing rows go out as content-keyed batches, and this process alone
+stores what comes back, refusing a row measured twice with different values. Every path
+writes the same table file, so a build started one way can be finished another. A shard
+(`--shard i/n`) is an ordinary resumable build of every n-th planned measurement in its own
+DuckDB file, for schedulers mqbench does not drive; `merge_shards` checks that the complete
+shards cover the plan exactly and writes the task's table atomically.
 
-Protocol-2 tasks (`mqbench.truth.protocol2`) build in two phases, fixed rows then samples;
-every shard measures the (small) fixed phase itself, so that each can draw the sample plan,
-and merging keeps shard 0's copy. Their rows are measured in groups sorted by prefix, each
-group evaluated prefix-shared on the test and validation sets.
+Protocol-2 tasks (`mqbench.truth.protocol2`) build in two phases, fixed rows then samples
+(the sample plan reads the fixed rows); every shard measures the (small) fixed phase
+itself, and merging keeps shard 0's copy. Their rows are measured in groups sorted by
+prefix, each group evaluated prefix-shared on the test and validation sets.
 """
 
 from __future__ import annotations
 
-import ctypes
+import math
 import os
-import signal
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from mqbench.quant.quantizer import FP
 from mqbench.quant.space import BitConfig, sample_configs
 from mqbench.task import datasets as D
 from mqbench.task.spec import Task
+from mqbench.truth import backends as B
 from mqbench.truth import protocol2 as P2
 from mqbench.truth.bench import Bench, eval_device, open_bench
 from mqbench.truth.noise import CONFIG_KINDS, noise_ceilings, table_stats
@@ -52,10 +54,10 @@ from mqbench.truth.store import (
     table_provenance,
     write_meta,
 )
+from mqbench.truth.work import make_batches, measure_batch, row_v1
 
-_PR_SET_PDEATHSIG = 1
-__all__ = ["Item", "build_parallel", "build_table", "ensure_table", "merge_shards",
-           "noise_floor", "plan"]
+__all__ = ["Item", "build_parallel", "build_table", "ensure_table", "fill_table",
+           "merge_shards", "noise_floor", "plan", "store_rows"]
 
 
 def plan(bench: Bench, rows: pd.DataFrame | None = None) -> list[Item]:
@@ -86,13 +88,6 @@ def plan(bench: Bench, rows: pd.DataFrame | None = None) -> list[Item]:
         repeat += [samples[int(round(i))] for i in pick]
         items += [Item(it.kind, tspec.noise_seed, it.cfg) for it in repeat]
     return items
-
-
-def _row(bench: Bench, item: Item, m) -> tuple:
-    space, cfg = bench.space, item.cfg
-    size = space.size_bits(cfg)
-    return (item.kind, item.cal_seed, cfg.key, item.unit, list(cfg.w), list(cfg.a),
-            size / sum(space.params), size, space.bops(cfg), m.acc, m.loss, m.kl)
 
 
 def noise_floor(rows: pd.DataFrame, seed: int, noise_seed: int) -> dict[str, float]:
@@ -170,7 +165,7 @@ def build_table(task: Task, shard: tuple[int, int] | None = None, force: bool = 
             for it in todo[j:j + chunk]:
                 if it.cal_seed not in evaluators:
                     evaluators[it.cal_seed] = bench.evaluator(it.cal_seed)
-                batch.append(_row(bench, it, evaluators[it.cal_seed].evaluate(it.cfg)))
+                batch.append(row_v1(bench, it, evaluators[it.cal_seed].evaluate(it.cfg)))
                 bar.update()
             con.begin()
             con.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(columns()))})",
@@ -257,112 +252,173 @@ def default_jobs() -> int:
                else os.cpu_count() or 1)
 
 
-def _die_with(parent: int) -> None:
-    """Make this worker exit when its parent does, even on SIGKILL (Linux PR_SET_PDEATHSIG):
-    a killed `build --jobs` must not leave workers running and writing shards."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the call above
-        os._exit(1)
-
-
-def _shard_worker(task: Task, shard: tuple[int, int], force: bool, queue, parent: int) -> None:
-    _die_with(parent)
-    torch.set_num_threads(1)
-    try:
-        build_table(task, shard=shard, force=force, progress=False, report=queue.put)
-        queue.put(("done", shard[0], ""))
-    except BaseException as exc:  # reported to the parent, which raises it as one line
-        queue.put(("error", shard[0], f"{type(exc).__name__}: {exc}"))
-
-
-@contextmanager
-def _main_hidden():
-    """Start spawned workers without re-running the caller's script.
-
-    `spawn` children normally re-import `__main__`; a user script without an
-    `if __name__ == "__main__":` guard (or `python -` from stdin) would then run again in
-    every worker. The worker function lives in this module, so the children need nothing
-    from `__main__`: hide its path/spec while the processes start.
-    """
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__") if main and k in
-             main.__dict__}
-    if main is not None and "__spec__" in saved:
-        main.__spec__ = None
-    try:
-        yield
-    finally:
-        if main is not None:
-            main.__dict__.update(saved)
-
-
 def build_parallel(task: Task, jobs: int, force: bool = False, progress: bool = True) -> Path:
-    """Build the table with `jobs` single-threaded worker processes, then merge them.
+    """Build the table with `jobs` single-threaded local worker processes (`fill_table` on
+    the local backend; one job builds in this process, multi-threaded).
 
     The small models of the bundled tasks do not keep two cores busy inside one forward
-    pass (a 2-thread ViT evaluation is only ~1.5x a 1-thread one), so on a CPU, shards
-    evaluated side by side finish ~1.3x sooner than one 2-thread build. The workers are
-    ordinary `--shard i/jobs` builds: an interrupted parallel build resumes, and the merged
-    table holds exactly the rows (and checksum rules) of a sequential one. Row values can
-    differ from a 1-job build in the last float digits (thread count changes summation
-    order), so compare tables built with the same `jobs`.
+    pass (a 2-thread ViT evaluation is only ~1.5x a 1-thread one), so on a CPU, workers side
+    by side finish ~1.3x sooner than one 2-thread build. Row values can differ from a 1-job
+    build in the last float digits (thread count changes summation order), so compare
+    tables built with the same number of threads per worker.
     """
     if jobs <= 1:
         return build_table(task, force=force, progress=progress)
-    out = table_path(task)
-    if force:
-        out.unlink(missing_ok=True)
-    elif out.exists():
-        return build_table(task, progress=progress)  # complete or resumable sequential table
-    ctx = torch.multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_shard_worker,
-                         args=(task, (i, jobs), force, queue, os.getpid()),
-                         daemon=True) for i in range(jobs)]
-    bench = open_bench(task, progress=progress)  # training (minutes) is shown too
-    total = (P2.planned_rows(bench) + (jobs - 1) * len(P2.fixed_items(bench))
-             if task.table.protocol == 2 else len(plan(bench)))
+    return fill_table(task, B.Options("local", jobs=jobs), force=force, progress=progress)
+
+
+def store_rows(con, rows: list[tuple], keys: dict[tuple, tuple]) -> int:
+    """Insert the rows not yet stored; returns how many were new. `keys` maps each stored
+    row's (kind, cal_seed, key) to its values and is updated. A row measured again with a
+    different value means workers disagree (different threads, library versions or
+    hardware): that is an error, never an overwrite."""
+    new = []
+    for r in rows:
+        r = tuple(r)
+        k = (r[0], int(r[1]), r[2])
+        old = keys.get(k)
+        if old is None:
+            keys[k] = r
+            new.append(r)
+        elif _canon(old) != _canon(r):
+            raise MqbenchError(f"row {k[0]} {k[2]} (seed {k[1]}) was measured twice with "
+                               f"different values; every worker must run the same mqbench, "
+                               f"torch and threads (--jobs workers use 1 thread)")
+    if new:
+        con.begin()
+        con.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(new[0]))})", new)
+        con.commit()
+    return len(new)
+
+
+def _canon(r: tuple) -> tuple:
+    """A row's values as comparable data (lists of bits, floats with NaN equal to NaN)."""
+    return tuple(tuple(v) if isinstance(v, list | tuple) else
+                 ("nan" if isinstance(v, float) and math.isnan(v) else v) for v in r)
+
+
+def _stored(con) -> dict[tuple, tuple]:
+    rows = con.execute("SELECT * FROM results").fetchall()
+    return {(r[0], int(r[1]), r[2]): tuple(r) for r in rows}
+
+
+def _missing(items: list[Item], keys: dict) -> list[Item]:
+    return [it for it in items if (it.kind, it.cal_seed, it.cfg.key) not in keys]
+
+
+def fill_table(task: Task, opts: B.Options, force: bool = False, progress: bool = True,
+               dry_run: bool = False, worker=measure_batch) -> Path:
+    """Build (or resume, or complete) the task's table with any backend.
+
+    The missing planned rows are cut into batches (`mqbench.truth.work`), the backend runs
+    `worker` on each wherever it likes, and this process alone stores the rows as batches
+    come back: a lost batch costs only itself, a batch run twice adds nothing, and any mix
+    of backends, sequential builds and reruns fills the same table. Protocol 2 runs its
+    fixed phase first (the sample plan reads those rows), then the samples. `dry_run`
+    prints the plan and an estimate from one timed batch, and writes nothing.
+    """
+    eval_device()  # a bad --device fails here, before anything runs or is written
+    backend = B.load_module(opts.backend)
+    backend.check(opts)
+    path = table_path(task)
+    if force and not dry_run:
+        path.unlink(missing_ok=True)
+        Path(str(path) + ".wal").unlink(missing_ok=True)
+    bench = open_bench(task, progress)  # trains or installs the weights workers will read
+    if dry_run:
+        _dry_run(task, bench, opts, path)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = schema_of(task)
+    con = _open_build(path, bench, None, schema)
+    threads = 1 if opts.backend != "local" or opts.jobs > 1 else torch.get_num_threads()
     start = time.perf_counter()
-    with _main_hidden():
-        for proc in procs:
-            proc.start()
-    bar = progress_bar(total, f"build {task.key} ({jobs} jobs)", progress, unit="cfg")
     try:
-        finished = 0
-        while finished < jobs:
-            try:
-                msg = queue.get(timeout=5)
-            except Exception:  # queue.Empty: check the workers are still alive
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise MqbenchError(f"a build worker died (exit code {dead[0].exitcode}); "
-                                       f"rerun the same command to resume") from None
-                continue
-            if isinstance(msg, int):
-                bar.update(msg)
-            elif msg[0] == "error":
-                raise MqbenchError(f"build worker {msg[1]}/{jobs} failed: {msg[2]}")
-            else:
-                finished += 1
-    finally:
+        keys = _stored(con)
+        total = P2.planned_rows(bench) if task.table.protocol == 2 else len(plan(bench))
+        bar = progress_bar(total, f"build {task.key} ({opts.backend}, {opts.jobs} jobs)"
+                           if opts.backend == "local" else f"build {task.key} ({opts.backend})",
+                           progress, initial=len(keys), unit="cfg")
+
+        worker_s, shared = 0.0, set()
+
+        def phase(items: list[Item]) -> None:
+            nonlocal worker_s
+            batches = make_batches(task, _missing(items, keys), opts.batch_rows, threads)
+            for _, result in backend.run(worker, batches, opts):
+                bar.update(store_rows(con, result["rows"], keys))
+                worker_s += result["seconds"]
+                shared.add(result["prefix_shared"])
+
+        if task.table.protocol == 2:
+            fixed = P2.fixed_items(bench)
+            phase(fixed)
+            items = fixed + P2.sample_items(bench, read_rows(con, schema))
+            write_meta(con, {"plan_checksum": P2.plan_checksum(items[len(fixed):]),
+                            "sampling": task.table.sampling})
+            phase(items[len(fixed):])
+        else:
+            items = plan(bench)
+            phase(items)
         bar.close()
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-            proc.join(5)
-    path = merge_shards(task, jobs, progress=False)
-    con = connect(path)
-    try:  # build_seconds (merged) sums the workers; the wall time is what a user waits
-        write_meta(con, {"build_jobs": jobs,
-                        "build_wall_seconds": round(time.perf_counter() - start, 2)})
+        took = time.perf_counter() - start
+        meta = read_meta(con)
+        # build_seconds sums the workers' time (what the build costs); the wall time is what
+        # a user waits
+        write_meta(con, {"build_seconds": round(float(meta.get("build_seconds", 0)) + worker_s,
+                                                2),
+                        "build_wall_seconds": round(took, 2), "build_backend": opts.backend,
+                        "build_jobs": opts.jobs})
+        shared.discard(None)
+        if shared:
+            write_meta(con, {"prefix_shared": "yes" if shared == {True} else "no"})
+        _finish(con, bench, items)
     finally:
         con.close()
-    for i in range(jobs):  # the merged table holds every row; the shards are spent
-        shard = table_path(task, (i, jobs))
-        shard.unlink(missing_ok=True)
-        Path(str(shard) + ".wal").unlink(missing_ok=True)
     return path
+
+
+def _dry_run(task: Task, bench: Bench, opts: B.Options, path: Path) -> None:
+    """Print what a build would do and how long it would take, from one timed batch."""
+    keys = {}
+    if path.exists():
+        con = connect(path, read_only=True)
+        try:
+            keys = _stored(con)
+        finally:
+            con.close()
+    if task.table.protocol == 2:
+        total = P2.planned_rows(bench)
+        fixed = _missing(P2.fixed_items(bench), keys)
+        known = fixed if fixed else _missing(P2.sample_items(bench, _rows_of(keys, task)), keys)
+        todo = total - len(keys)
+    else:
+        known = _missing(plan(bench), keys)
+        total, todo = len(plan(bench)), len(known)
+    batches = -(-todo // opts.batch_rows)
+    print(f"plan {task.key} ({opts.backend}): {total} rows, {len(keys)} stored, {todo} to "
+          f"measure in {batches} batches of up to {opts.batch_rows}")
+    if not known:
+        return
+    sample = make_batches(task, known, min(8, opts.batch_rows))[0]
+    saved = torch.get_num_threads()
+    t0 = time.perf_counter()
+    try:
+        measure_batch(sample)  # also opens the evaluator once, as each worker will
+        t1 = time.perf_counter()
+        measure_batch(sample)
+        t2 = time.perf_counter()
+    finally:
+        torch.set_num_threads(saved)
+    per_row = (t2 - t1) / len(sample.items)
+    dev = eval_device().type
+    print(f"  timed sample: {len(sample.items)} rows in {t2 - t1:.2f} s on 1 {dev} thread "
+          f"(+{t1 - t0 - (t2 - t1):.1f} s worker set-up); estimate {todo * per_row / 3600:.2f} "
+          f"{'GPU' if dev == 'cuda' else 'CPU'}-hours for the {todo} rows")
+
+
+def _rows_of(keys: dict, task: Task) -> pd.DataFrame:
+    return pd.DataFrame([list(v) for v in keys.values()], columns=columns(schema_of(task)))
 
 
 def ensure_table(task: Task, progress: bool = True):

@@ -180,6 +180,40 @@ def row(bench: Bench, item: Item, test: Measured, val: Measured | None) -> tuple
             test.full.kl, *(v for triple in extra for v in triple))
 
 
+def evaluators_for(bench: Bench, seed: int, evaluators: dict) -> tuple:
+    """Seed `seed`'s (test, validation) evaluators, kept in `evaluators` between calls."""
+    if seed not in evaluators:
+        evaluators[seed] = (bench.evaluator(seed), bench.evaluator(seed, split="val"))
+    return evaluators[seed]
+
+
+def measure_rows(bench: Bench, items: list[Item], evaluators: dict) -> list[tuple]:
+    """The rows of `items` (one calibration seed), measured prefix-shared in the order given:
+    pure computation, nothing stored. The rows do not depend on which other items share the
+    call (prefix sharing reproduces each configuration's own forward exactly)."""
+    if not items:
+        return []
+    seeds = {it.cal_seed for it in items}
+    if len(seeds) > 1:
+        raise MqbenchError(f"measure_rows takes one calibration seed, got {sorted(seeds)}")
+    ev, vev = evaluators_for(bench, items[0].cal_seed, evaluators)
+    cfgs = [it.cfg for it in items]
+    return [row(bench, it, t, v) for it, t, v in zip(items, ev.measure(cfgs), vev.measure(cfgs))]
+
+
+def prefix_order(bench: Bench, items: list[Item], evaluators: dict) -> list[Item]:
+    """`items` grouped by calibration seed, each group sorted so shared prefixes are
+    consecutive (by the seed's prefix runner where the model has one)."""
+    out = []
+    for seed in dict.fromkeys(it.cal_seed for it in items):
+        group = [it for it in items if it.cal_seed == seed]
+        runner = evaluators_for(bench, seed, evaluators)[0].runner
+        if runner is not None:
+            group.sort(key=lambda it: runner.key(it.cfg))
+        out += group
+    return out
+
+
 def measure_items(con, bench: Bench, items: list[Item], chunk: int, evaluators: dict,
                   stored: Callable[[int], object], limit: int | None) -> int:
     """Measure the items not yet stored in table `con`, grouped by calibration seed and
@@ -190,21 +224,15 @@ def measure_items(con, bench: Bench, items: list[Item], chunk: int, evaluators: 
     done = set(con.execute("SELECT kind, cal_seed, key FROM results").fetchall())
     todo = [it for it in items if (it.kind, it.cal_seed, it.cfg.key) not in done]
     todo = todo if limit is None else todo[:max(limit, 0)]
-    for seed in dict.fromkeys(it.cal_seed for it in todo):
-        if seed not in evaluators:
-            evaluators[seed] = (bench.evaluator(seed), bench.evaluator(seed, split="val"))
-        ev, vev = evaluators[seed]
-        group = [it for it in todo if it.cal_seed == seed]
-        if ev.runner is not None:  # consecutive configurations share their longest prefixes
-            group.sort(key=lambda it: ev.runner.key(it.cfg))
-        for j in range(0, len(group), chunk):
-            part = group[j:j + chunk]
-            cfgs = [it.cfg for it in part]
-            rows = [row(bench, it, t, v)
-                    for it, t, v in zip(part, ev.measure(cfgs), vev.measure(cfgs))]
-            con.begin()
-            con.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(rows[0]))})",
-                            rows)
-            con.commit()
-            stored(len(part))
+    todo = prefix_order(bench, todo, evaluators)
+    j = 0
+    while j < len(todo):  # chunks never straddle two seeds
+        seed = todo[j].cal_seed
+        part = [it for it in todo[j:j + chunk] if it.cal_seed == seed]
+        rows = measure_rows(bench, part, evaluators)
+        con.begin()
+        con.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(rows[0]))})", rows)
+        con.commit()
+        stored(len(part))
+        j += len(part)
     return len(todo)

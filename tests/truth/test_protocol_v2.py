@@ -25,7 +25,7 @@ from mqbench.search.evolution.fitness import context
 from mqbench.search.evolution.loop import Settings
 from mqbench.task import datasets as D
 from mqbench.task.spec import load_task
-from mqbench.testing import TINY_TASK
+from mqbench.testing import TINY_TASK, protocol2_text
 from mqbench.truth import prefix as P
 from mqbench.truth.bench import open_bench
 from mqbench.truth.build import build_table, merge_shards, plan
@@ -64,18 +64,10 @@ batch_size = 64
 """
 
 
-def v2_text(text: str, name: str, sampling: str = "damage") -> str:
-    """A protocol-1 tiny task turned protocol 2: 240 test and 160 held-out training images."""
-    text = text.format(name=name, version=1, configs=24, steps=40)
-    text = text.replace("eval_samples = 120",
-                        'eval_samples = 240\nval_split = "train"\nval_samples = 160')
-    return text.replace("[table]\n", f'[table]\nprotocol = 2\nsampling = "{sampling}"\n')
-
-
 def _write_tasks(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tiny2.toml").write_text(v2_text(TINY_TASK, "tiny2"))
-    (folder / "tinyvit2.toml").write_text(v2_text(TINY_VIT, "tinyvit2", "size"))
+    (folder / "tiny2.toml").write_text(protocol2_text(TINY_TASK, "tiny2"))
+    (folder / "tinyvit2.toml").write_text(protocol2_text(TINY_VIT, "tinyvit2", "size"))
     return folder
 
 
