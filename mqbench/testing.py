@@ -164,3 +164,100 @@ def dies_once(batch):
         return result
     os.kill(os.getpid(), signal.SIGKILL)
     return result
+
+
+SLURM_CONF = """ClusterName=mqbench-test
+SlurmctldHost=localhost
+SlurmctldAddr=127.0.0.1
+AuthType=auth/munge
+AuthInfo=socket={d}/munge.sock
+CredType=cred/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+ReturnToService=2
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmdSpoolDir={d}/spool
+StateSaveLocation={d}/state
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd.log
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+SlurmUser={user}
+SlurmdUser={user}
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+MpiDefault=none
+NodeName=localnode NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+PartitionName=debug Nodes=localnode Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def start_slurm(folder: Path, timeout_s: float = 60.0):
+    """A private single-node SLURM (munged, slurmctld, slurmd on 127.0.0.1) for tests.
+
+    Returns `(env, stop)`: the environment (SLURM_CONF) under which sbatch/sinfo talk to it
+    and a function that stops it; or `(None, reason)` when it cannot come up here (not root,
+    Debian's slurm-wlm not installed, daemons not idle within `timeout_s`).
+    """
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+
+    if os.geteuid() != 0:
+        return None, "a private SLURM needs root (slurmd runs jobs as their user)"
+    missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
+               if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+    if missing:
+        return None, f"not installed: {', '.join(missing)} (apt-get install slurm-wlm)"
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    d = Path(folder)
+    for sub in ("state", "spool"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    key = d / "munge.key"
+    key.write_bytes(os.urandom(128))
+    key.chmod(0o600)
+    conf = d / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(d=d, ctld_port=port(), d_port=port(), user="root",
+                                      cpus=os.cpu_count() or 1))
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    sbin = lambda b: shutil.which(b) or f"/usr/sbin/{b}"  # noqa: E731
+
+    def stop() -> None:
+        subprocess.run(["scancel", "--user=root"], env=env, capture_output=True, check=False)
+        for pid_file in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
+            try:
+                os.kill(int((d / pid_file).read_text().split()[0]), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+
+    steps = [[sbin("munged"), f"--key-file={key}", f"--socket={d}/munge.sock",
+              f"--pid-file={d}/munged.pid", f"--log-file={d}/munged.log",
+              f"--seed-file={d}/munge.seed", "--force"],
+             [sbin("slurmctld"), "-f", str(conf)],
+             [sbin("slurmd"), "-f", str(conf), "-N", "localnode"]]
+    for cmd in steps:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            stop()
+            return None, f"{Path(cmd[0]).name} failed: {(out.stderr or out.stdout).strip()[:200]}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
+                             text=True, check=False)
+        if out.returncode == 0 and out.stdout.strip() == "idle":
+            return env, stop
+        time.sleep(1)
+    stop()
+    return None, f"slurmd not idle within {timeout_s:.0f} s (logs in {d})"

@@ -369,6 +369,43 @@ def prepare(model: nn.Module, layers: list[str], calibration: torch.Tensor,
     return qm
 
 
+def prepared_state(qm: QuantizedModel) -> dict:
+    """What `prepare` computed, as plain tensors and numbers (for `torch.save`): the
+    quantized weights of every (layer, bit-width) and the activation quantizers' parameters.
+    The float weights are not included: `restore` takes them from the model."""
+    return {"layers": list(qm.layers),
+            "weights": {f"{n}|{b}": w.detach().cpu().contiguous()
+                        for (n, b), w in qm.weights.items() if b < FP},
+            "acts": {f"{n}|{b}": [q.scale, q.zero_point, q.bits] for (n, b), q in qm.acts.items()}}
+
+
+def restore(model: nn.Module, state: dict, fold_bn: bool = True,
+            device: torch.device | str = "cpu") -> QuantizedModel:
+    """The `QuantizedModel` that `prepare` returned when it produced `state`, without
+    recomputing anything: the same folding, memory format and hooks, the stored tensors."""
+    folded = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    fmt = torch.channels_last if any(isinstance(m, nn.Conv2d) for m in folded.modules()) \
+        else torch.contiguous_format
+    folded = folded.to(device, memory_format=fmt)
+    qm = QuantizedModel(folded, tuple(state["layers"]), memory_format=fmt)
+    for name in qm.layers:
+        module = folded.get_submodule(name)
+        qm.weights[(name, FP)] = module.weight
+        qm.active[name] = None
+        module.register_forward_pre_hook(_act_hook(qm.active, name, qm.last))
+    for key, w in state["weights"].items():
+        name, b = key.rsplit("|", 1)
+        w = w.to(device)
+        qm.weights[(name, int(b))] = nn.Parameter(
+            w.contiguous(memory_format=fmt) if w.dim() == 4 else w, requires_grad=False)
+    for key, (scale, zp, bits) in state["acts"].items():
+        name, b = key.rsplit("|", 1)
+        qm.acts[(name, int(b))] = ActQuant(float(scale), int(zp), int(bits))
+    return qm
+
+
 def _act_hook(active: dict, name: str, last: dict):
     def hook(_module, args):
         q = active[name]

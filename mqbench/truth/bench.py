@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mqbench.errors import MqbenchError
-from mqbench.quant.quantizer import FP, QuantizedModel, prepare
+from mqbench.paths import atomic_path, cache_dir
+from mqbench.provenance import PACKAGE_VERSION
+from mqbench.quant.quantizer import FP, QuantizedModel, prepare, prepared_state, restore
 from mqbench.quant.space import BitConfig, Space, build_space
 from mqbench.task import datasets as D
 from mqbench.task.models import build_model
@@ -74,6 +79,13 @@ def eval_device() -> torch.device:
     return dev
 
 
+# the quantizer's code, hashed into the preparation cache key: an edited quantizer never
+# loads tensors an older one prepared
+_QUANT_SOURCE = hashlib.sha256(b"".join(
+    f.read_bytes() for f in sorted((Path(__file__).parents[1] / "quant").glob("*.py"))
+)).hexdigest()[:16]
+
+
 @dataclass
 class Bench:
     """Everything a task needs at run time."""
@@ -104,17 +116,37 @@ class Bench:
         return D.to_input(split.x, self.mean, self.std)
 
     def prepared(self, cal_seed: int) -> QuantizedModel:
-        """The pre-quantized model calibrated with calibration seed `cal_seed` (memoised)."""
+        """The pre-quantized model calibrated with calibration seed `cal_seed`: memoised,
+        and cached on disk (`prepared_path`), so the workers of a build and later runs
+        load it instead of calibrating (and, for GPTQ, reconstructing) again."""
         if cal_seed not in self._prepared:
-            q = self.task.quant
-            self._prepared[cal_seed] = prepare(
-                self.model, list(self.space.modules), self.calibration(cal_seed),
-                q.weight_bits, q.act_bits, q.weight_clip, q.act_clip, q.fold_bn, cal_seed,
-                device=eval_device(), group_size=q.group_size, method=q.method)
+            q, dev = self.task.quant, eval_device()
+            path = self.prepared_path(cal_seed)
+            if path.exists():
+                state = torch.load(path, weights_only=True)
+                self._prepared[cal_seed] = restore(self.model, state, q.fold_bn, dev)
+            else:
+                qm = prepare(self.model, list(self.space.modules), self.calibration(cal_seed),
+                             q.weight_bits, q.act_bits, q.weight_clip, q.act_clip, q.fold_bn,
+                             cal_seed, device=dev, group_size=q.group_size, method=q.method)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp:  # concurrent workers: one complete file wins
+                    torch.save(prepared_state(qm), tmp)
+                self._prepared[cal_seed] = qm
         return self._prepared[cal_seed]
 
+    def prepared_path(self, cal_seed: int) -> Path:
+        """Where `prepared(cal_seed)` is cached: keyed by the task version and method, the
+        quantizer settings, the weights' checksum, the seed, the device type, the mqbench
+        and torch versions and the quantizer's source (any of them changes the tensors)."""
+        key = json.dumps([self.task.key, repr(self.task.quant), self.weights_manifest.get(
+            "checksum", self.weights_manifest), cal_seed, eval_device().type, PACKAGE_VERSION,
+            _QUANT_SOURCE, torch.__version__], sort_keys=True, default=str)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return cache_dir() / "prepared" / self.task.key / f"seed-{cal_seed}-{digest}.pt"
+
     def evaluator(self, cal_seed: int, batch_size: int | None = None,
-                  split: str = "test") -> "Evaluator":
+                  split: str = "test") -> Evaluator:
         """Measures configurations calibrated with `cal_seed` on the test split, or (protocol
         2) on the validation split with split="val": what searches and tuning must use."""
         batch_size = batch_size or self.task.table.batch_size

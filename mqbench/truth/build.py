@@ -344,7 +344,10 @@ def fill_table(task: Task, opts: B.Options, force: bool = False, progress: bool 
 
         def phase(items: list[Item]) -> None:
             nonlocal worker_s
-            batches = make_batches(task, _missing(items, keys), opts.batch_rows, threads)
+            todo = _missing(items, keys)
+            for seed in sorted({it.cal_seed for it in todo}):
+                bench.prepared(seed)  # once, here: workers load it from the cache
+            batches = make_batches(task, todo, opts.batch_rows, threads)
             for _, result in backend.run(worker, batches, opts):
                 bar.update(store_rows(con, result["rows"], keys))
                 worker_s += result["seconds"]

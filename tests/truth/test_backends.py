@@ -222,3 +222,51 @@ def test_cluster_config_file(tmp_path):
     cfg.write_text("[slurm\n")
     with pytest.raises(MqbenchError, match="cluster config"):
         B.read_config(cfg, B.Options("slurm"))
+
+
+def test_real_single_node_slurm(fresh, tmp_path, monkeypatch, capsys):
+    """Debian's slurm-wlm started privately (slurmctld + slurmd + munge on 127.0.0.1); the
+    build runs as a real job array and equals the sequential table. Skips, with the reason,
+    where SLURM cannot come up within a minute."""
+    pytest.importorskip("submitit")
+    from mqbench.testing import start_slurm
+
+    task, ref, _ = fresh
+    env, stop = start_slurm(Path("/tmp") / f"mqbench-slurm-{os.getpid()}")
+    if env is None:
+        pytest.skip(f"no single-node SLURM here: {stop}")
+    try:
+        monkeypatch.setenv("SLURM_CONF", env["SLURM_CONF"])
+        assert main(["build", "--task", "tiny2", "--quiet", "--backend", "slurm",
+                     "--partition", "debug", "--batch-rows", "64", "--time-min", "10",
+                     "--log-dir", str(tmp_path / "logs")]) == 0
+        assert _checksum(task) == ref
+        assert load_table(task).meta["build_backend"] == "slurm"
+        assert len(list((tmp_path / "logs").rglob("*_log.out"))) >= 2  # one per array task
+    finally:
+        stop()
+
+
+def test_preparation_is_cached_once_and_restores_exactly(fresh):
+    """The driver prepares each seed once; a later bench (a worker) restores the same
+    tensors from the cache and measures the same rows bit for bit."""
+    from mqbench.quant.space import sample_configs
+    from mqbench.truth.bench import open_bench
+
+    task, _, _ = fresh
+    first = open_bench(task, progress=False)
+    path = first.prepared_path(task.seed)
+    path.unlink(missing_ok=True)
+    fresh_qm = first.prepared(task.seed)
+    assert path.exists()
+    second = open_bench(task, progress=False)
+    restored = second.prepared(task.seed)
+    assert set(restored.weights) == set(fresh_qm.weights)
+    assert all(torch.equal(restored.weights[k], fresh_qm.weights[k]) for k in fresh_qm.weights)
+    assert restored.acts == fresh_qm.acts
+    cfgs = sample_configs(first.space, 6, 3, seed=1)
+    a = [m.full for m in first.evaluator(task.seed).measure(cfgs)]
+    b = [m.full for m in second.evaluator(task.seed).measure(cfgs)]
+    assert a == b
+    # another seed or another quantizer setting is another file
+    assert first.prepared_path(task.seed + 1) != path
