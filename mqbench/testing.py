@@ -1,12 +1,19 @@
 """Test helpers shipped with the package (like optuna.testing): tiny task files, canned LLM
-answers, a best-of timer. Used by tests/ and handy for plugin authors' own tests; nothing in
-mqbench imports it.
+answers, a best-of timer, a build worker that dies once, a private single-node SLURM. Used
+by tests/ and handy for plugin authors' own tests; nothing in mqbench imports it.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
+
+from mqbench.truth.work import measure_batch
 
 TINY_TASK = """
 name = "{name}"
@@ -151,11 +158,6 @@ def dies_once(batch):
     """A build worker that measures its batch, then is SIGKILLed the first time it runs in
     a fresh marker folder ($MQBENCH_TEST_DIE_DIR): a worker lost mid-batch, for the
     backends' retry tests. Later calls behave as `measure_batch`."""
-    import os
-    import signal
-
-    from mqbench.truth.work import measure_batch
-
     result = measure_batch(batch)
     marker = Path(os.environ["MQBENCH_TEST_DIE_DIR"]) / "died"
     try:
@@ -204,12 +206,6 @@ def start_slurm(folder: Path, timeout_s: float = 60.0):
     and a function that stops it; or `(None, reason)` when it cannot come up here (not root,
     Debian's slurm-wlm not installed, daemons not idle within `timeout_s`).
     """
-    import os
-    import shutil
-    import signal
-    import socket
-    import subprocess
-
     if os.geteuid() != 0:
         return None, "a private SLURM needs root (slurmd runs jobs as their user)"
     missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
@@ -232,7 +228,9 @@ def start_slurm(folder: Path, timeout_s: float = 60.0):
     conf.write_text(SLURM_CONF.format(d=d, ctld_port=port(), d_port=port(), user="root",
                                       cpus=os.cpu_count() or 1))
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    sbin = lambda b: shutil.which(b) or f"/usr/sbin/{b}"  # noqa: E731
+
+    def sbin(b: str) -> str:
+        return shutil.which(b) or f"/usr/sbin/{b}"
 
     def stop() -> None:
         subprocess.run(["scancel", "--user=root"], env=env, capture_output=True, check=False)

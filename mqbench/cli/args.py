@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mqbench.errors import MqbenchError
 from mqbench.task.spec import DEFAULT_TASK, QUANT_METHODS, Task, load_task
+from mqbench.truth import backends as B
 
 
 def add_tasks(p: argparse.ArgumentParser, default: str = f"the bundled task, {DEFAULT_TASK}",
@@ -153,14 +154,18 @@ ENVIRONMENT = """environment:
   RAY_ADDRESS          Ray cluster for --backend ray (as --ray-address)"""
 
 
-def add_backend(p: argparse.ArgumentParser) -> None:
-    """Where a build's batches run: --backend and each engine's settings."""
+def add_backend(p: argparse.ArgumentParser, build: bool = True) -> None:
+    """Where the work runs: --backend and each engine's settings (`build`: a table build's
+    batch size and --dry-run too)."""
     g = p.add_argument_group("backends (see README: Building tables on a cluster)")
     g.add_argument("--backend", choices=["local", "ray", "slurm"], default="local",
                    help="local worker processes (default), a Ray cluster, or a SLURM job array "
-                   "through submitit; any mix fills the same table")
-    g.add_argument("--batch-rows", type=positive_int, default=64, metavar="N",
-                   help="planned rows per batch, the unit of work and of retry (default 64)")
+                   "through submitit" + ("; any mix fills the same table" if build else
+                                         "; one work unit per task"))
+    if build:
+        g.add_argument("--batch-rows", type=positive_int, default=64, metavar="N",
+                       help="planned rows per batch, the unit of work and of retry (default "
+                       "64)")
     g.add_argument("--retries", type=nonnegative_int, default=2, metavar="N",
                    help="times a batch whose worker died is run again (default 2)")
     g.add_argument("--ray-address", metavar="HOST:PORT",
@@ -176,17 +181,17 @@ def add_backend(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cluster-config", type=Path, metavar="FILE",
                    help="TOML with [slurm] keys (partition, time_min, parallelism, log_dir, "
                    "and any sbatch parameter such as account or qos) or [ray] ray_address")
-    g.add_argument("--dry-run", action="store_true",
-                   help="print the plan (rows, batches) and an estimate from one timed batch; "
-                   "write nothing")
+    if build:
+        g.add_argument("--dry-run", action="store_true",
+                       help="print the plan (rows, batches) and an estimate from one timed "
+                       "batch; write nothing")
 
 
 def backend_options(args, jobs: int):
     """The backends.Options the flags describe (a --cluster-config file, then the flags)."""
-    from mqbench.truth import backends as B
-
     device = os.environ.get("MQBENCH_DEVICE", "cpu")
-    opts = B.Options(args.backend, jobs=jobs, retries=args.retries, batch_rows=args.batch_rows,
+    opts = B.Options(args.backend, jobs=jobs, retries=args.retries,
+                     batch_rows=getattr(args, "batch_rows", 64),
                      gpus=1 if device.startswith("cuda") else 0)
     if args.cluster_config:
         opts = B.read_config(args.cluster_config, opts)

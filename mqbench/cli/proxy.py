@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from mqbench.board.store import save_record
 from mqbench.board.submit import DEFAULT_TASKS, SubmitOptions, check_submission
 from mqbench.cli import args as A
+from mqbench.errors import MqbenchError
 from mqbench.proxy.context import HESSIAN_BN
 from mqbench.proxy.contract import get_proxy, list_proxies
+from mqbench.scoring.fleet import evaluate_many
 from mqbench.scoring.harness import BATCHES, EvalOptions, evaluate_proxy
 from mqbench.scoring.metrics import format_result
 
@@ -31,23 +34,49 @@ def print_saved(saved) -> None:
         print(f"  recorded in {saved.path} (new)")
 
 
-def cmd_eval(args) -> None:
+def _sequential(proxies, tasks, opts, keep_going: bool):
+    for task in tasks:
+        for p in proxies:
+            try:
+                yield evaluate_proxy(p, task, opts)
+            except MqbenchError as exc:
+                if not keep_going:
+                    raise
+                yield exc
+
+
+def cmd_eval(args) -> int:
     proxies = ([get_proxy(args.proxy)] if args.proxy else
                [p for _, p in sorted(list_proxies().items())])
     opts = EvalOptions(bootstrap=args.bootstrap, timeout=args.timeout, mem_mb=args.mem_mb,
                        progress=not args.quiet, downstream=not args.no_downstream,
                        batches=args.batches, hessian_bn=args.hessian_bn)
     tasks = A.tasks(args)
-    for task in tasks:
-        for p in proxies:
-            rec = evaluate_proxy(p, task, opts)
-            saved = None if args.no_record else save_record(rec, force=args.replace)
-            if args.json:  # machine-readable: the result record, one JSON document per line
-                print(json.dumps(rec.to_dict(), sort_keys=True), flush=True)
-                continue
-            print(format_result(rec), flush=True)
-            if saved:
-                print_saved(saved)
+    if args.backend != "local" or args.jobs > 1:  # tasks side by side on a backend's workers
+        records = evaluate_many(proxies, tasks, opts, A.backend_options(args, args.jobs))
+    else:
+        records = _sequential(proxies, tasks, opts, keep_going=len(proxies) > 1)
+    failed = []
+    for rec in records:
+        if isinstance(rec, MqbenchError):
+            if len(proxies) == 1:
+                raise rec
+            # --all goes on past a proxy that cannot run on a task (a CNN-only proxy on a
+            # language model) and names it at the end
+            failed.append(str(rec))
+            print(f"  not recorded: {rec}", file=sys.stderr, flush=True)
+            continue
+        saved = None if args.no_record else save_record(rec, force=args.replace)
+        if args.json:  # machine-readable: the result record, one JSON document per line
+            print(json.dumps(rec.to_dict(), sort_keys=True), flush=True)
+            continue
+        print(format_result(rec), flush=True)
+        if saved:
+            print_saved(saved)
+    if failed:
+        print(f"{len(failed)} proxy × task pair(s) could not be scored (above); the others "
+              f"were", file=sys.stderr)
+    return 0
 
 
 def print_check(c) -> None:
@@ -113,6 +142,10 @@ def register(sub) -> None:
     p.add_argument("--replace", action="store_true",
                    help="overwrite the stored record even if proxy, task and package versions "
                    "are unchanged (by default such a re-run keeps the stored record)")
+    p.add_argument("--jobs", type=A.positive_int, default=1, metavar="N",
+                   help="tasks evaluated side by side (local worker processes; with --backend "
+                   "ray: the CPUs of a private local instance)")
+    A.add_backend(p, build=False)
     A.add_device(p)
     A.add_data_dir(p)
     A.add_quiet(p)

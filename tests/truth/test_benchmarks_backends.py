@@ -107,3 +107,32 @@ def test_gpu_configurations_per_second(benchmark):
     print(f"\nResNet-18 224x224 on {torch.cuda.get_device_name()}: {1 / per_cfg:.1f} "
           f"configurations/s over {len(x)} images; one configuration = {per_cfg / fp_s:.2f}x "
           f"a float forward")
+
+
+def test_prepared_size_resnet18(benchmark, tmp_path):
+    """Bytes a worker loads instead of preparing: ResNet-18 (random weights, MQ-Bench-101's
+    W{2,3,4} A8 space) measured, and a 7B LLM at W{2,3,4} extrapolated per parameter."""
+    tv = pytest.importorskip("torchvision")
+    from mqbench.quant.quantizer import prepare, prepared_state
+    from mqbench.quant.space import build_space
+
+    torch.manual_seed(0)
+    model = tv.models.resnet18(num_classes=1000).eval()
+    images = torch.randn(32, 3, 224, 224)
+    space = build_space(model, images[:1], ("*",), (), {}, (2, 3, 4), (8,))
+
+    def prep():
+        return prepare(model, list(space.modules), images, (2, 3, 4), (8,))
+
+    qm = benchmark.pedantic(prep, rounds=1, iterations=1)
+    path = tmp_path / "prepared.pt"
+    torch.save(prepared_state(qm), path)
+    size = path.stat().st_size
+    params = sum(space.params)
+    per_param = size / (params * 3)  # bytes per parameter per bit-width choice (float32)
+    llm = 7e9 * 3 * 2  # the same tensors kept in bf16, as the LM tasks load 7-8B models
+    benchmark.extra_info.update(bytes=size, params=params, llm_7b_bytes=llm)
+    print(f"\nResNet-18 prepared W{{2,3,4}} A8: {size / 1e6:.0f} MB for {params / 1e6:.1f} M "
+          f"quantized parameters ({per_param:.2f} B per parameter and bit-width), prepared in "
+          f"{benchmark.stats.stats.min:.1f} s; a 7B LLM at W{{2,3,4}} in bf16: "
+          f"~{llm / 1e9:.0f} GB")

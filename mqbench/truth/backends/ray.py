@@ -18,7 +18,7 @@ from mqbench.errors import MqbenchError
 
 def _ray():
     try:
-        import ray
+        import ray  # optional extra [cluster]; heavy (seconds), only --backend ray needs it
     except ImportError:
         raise MqbenchError("--backend ray needs Ray: pip install 'mqbench[cluster]'") from None
     return ray

@@ -23,7 +23,7 @@ from mqbench.paths import cache_dir
 
 def _submitit():
     try:
-        import submitit
+        import submitit  # optional extra [cluster]; only --backend slurm needs it
     except ImportError:
         raise MqbenchError("--backend slurm needs submitit: pip install 'mqbench[cluster]'") \
             from None
