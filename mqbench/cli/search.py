@@ -12,14 +12,15 @@ from mqbench.task.spec import load_task
 
 
 def cmd_discover(args) -> None:
-    task = A.one_task(args, "discover")
-    settings = Settings(task.label, generator=args.generator, generations=args.generations,
-                        population=args.population, seed=args.seed, margin=args.dpo_margin,
-                        dpo_every=args.dpo_every, max_new_tokens=args.max_new_tokens,
-                        fitness_split=args.fitness_split)
+    tasks = A.tasks(args)  # several: the fitness is the mean over them
+    settings = Settings(",".join(t.label for t in tasks), generator=args.generator,
+                        generations=args.generations, population=args.population,
+                        seed=args.seed, margin=args.dpo_margin, dpo_every=args.dpo_every,
+                        max_new_tokens=args.max_new_tokens, fitness_split=args.fitness_split,
+                        budget=args.budget)
     llm = LLMOptions(model=args.model or "", base_url=args.base_url or "",
                      api_key=args.api_key or "", adapter=args.adapter)
-    rep = discover(task, settings, Path(args.out),
+    rep = discover(tasks[0] if len(tasks) == 1 else tasks, settings, Path(args.out),
                    holdout=tuple(load_task(h) for h in A.split_names(args.holdout)),
                    workdir=Path(args.checkpoint) if args.checkpoint else None,
                    resume=args.resume, progress=not args.quiet, llm=llm)
@@ -46,9 +47,10 @@ def register(sub) -> None:
                        "sandbox. The best proxy is written as a registered proxy file. The run "
                        "folder keeps a checkpoint after every generation (--resume continues "
                        "it exactly) and a log of every candidate.")
-    A.add_tasks(p, what="training task")
+    A.add_tasks(p, what="search task (several: the fitness is their mean)")
     p.add_argument("--generator", default="symbolic", choices=list(GENERATORS),
-                   help="candidate generator: symbolic (offline, default), openai (any "
+                   help="candidate generator: symbolic (offline, default), random (random "
+                   "search over the same expressions: the baseline), openai (any "
                    "OpenAI-compatible chat endpoint) or hf (a local transformers causal LM, "
                    "fine-tuned with DPO on LoRA adapters as it goes)")
     p.add_argument("--model", help="openai: model name (or $MQBENCH_LLM_MODEL); hf: local "
@@ -71,6 +73,9 @@ def register(sub) -> None:
     p.add_argument("--generations", type=int, default=30, help="generations (default 30)")
     p.add_argument("--population", type=int, default=64, help="population size (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--budget", type=A.nonnegative_int, default=0, metavar="N",
+                   help="stop after N candidate evaluations (default 0: --generations "
+                   "decides); compare generators, e.g. symbolic against random, at equal N")
     p.add_argument("--out", default="proxies/discovered_symbolic.py",
                    help="proxy file to write; its name is the proxy's name")
     p.add_argument("--holdout", action="append",

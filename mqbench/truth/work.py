@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -22,7 +23,6 @@ from mqbench.task.spec import Task
 from mqbench.truth import protocol2 as P2
 from mqbench.truth.bench import Bench, Metrics, open_bench
 from mqbench.truth.protocol2 import Item
-
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,10 @@ _OPEN: dict[str, tuple[Bench, dict]] = {}
 
 def measure_batch(batch: Batch) -> dict:
     """Worker entry point of every backend: plain data, `rows` (the batch's rows as tuples),
-    `seconds` (worker time, set-up included) and `prefix_shared` (None: not protocol 2)."""
-    start = time.perf_counter()
+    `seconds` (worker time, set-up included), `prefix_shared` (None: not protocol 2), and
+    `worker`, `t0`, `t1` (which process ran it, wall-clock start and end: the build's
+    scheduling-overhead figure)."""
+    start, t0 = time.perf_counter(), time.time()
     for k, v in batch.env:
         os.environ[k] = v
     torch.set_num_threads(batch.threads)
@@ -105,4 +107,5 @@ def measure_batch(batch: Batch) -> dict:
     if task.table.protocol == 2 and batch.items:
         shared = P2.evaluators_for(bench, batch.items[0].cal_seed, evaluators)[0].runner \
             is not None
-    return {"rows": rows, "seconds": time.perf_counter() - start, "prefix_shared": shared}
+    return {"rows": rows, "seconds": time.perf_counter() - start, "prefix_shared": shared,
+            "worker": f"{socket.gethostname()}:{os.getpid()}", "t0": t0, "t1": time.time()}

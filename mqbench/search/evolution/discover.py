@@ -11,6 +11,7 @@ proxy by the same fitness. `format_report` is what the CLI prints.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from mqbench.search.evolution.chat_hf import HFChat
 from mqbench.search.evolution.fitness import Context, Fitness, context, proxy_fitness
 from mqbench.search.evolution.generator_dpo import DPOSettings, GeneratorDPO, require_trl
 from mqbench.search.evolution.generator_llm import PAIRS, LLMGenerator
-from mqbench.search.evolution.generator_symbolic import SymbolicGenerator
+from mqbench.search.evolution.generator_symbolic import RandomGenerator, SymbolicGenerator
 from mqbench.search.evolution.loop import (
     CANDIDATES,
     CHECKPOINT,
@@ -46,8 +47,8 @@ class LLMOptions:
 
 @dataclass(frozen=True)
 class Report:
-    """What one `discover` call found; `train`/`holdout` rank every registered layer proxy
-    and the discovered one (`name`) by the fitness, best first."""
+    """What one `discover` call found; `train` (per search task) and `holdout` rank every
+    registered layer proxy and the discovered one (`name`) by the fitness, best first."""
 
     path: Path  # the written proxy file
     name: str  # its proxy name (the file stem)
@@ -55,7 +56,7 @@ class Report:
     label: str  # the generator, e.g. "openai, model m"
     state: State
     best: Candidate
-    train: list[tuple[str, Fitness]]
+    train: dict[str, list[tuple[str, Fitness]]]  # per search task
     holdout: dict[str, list[tuple[str, Fitness]]]
     usage: Usage | None  # LLM generators: requests, tokens, cost
 
@@ -70,6 +71,8 @@ def make_generator(settings: Settings, workdir: Path, llm: LLMOptions = LLMOptio
     are missing (before any table is built)."""
     if settings.generator == "symbolic":
         return SymbolicGenerator(settings)
+    if settings.generator == "random":
+        return RandomGenerator(settings)
     cache = Path(workdir) / "cache"
     if settings.generator == "openai":
         chat = OpenAIChat(model=llm.model, base_url=llm.base_url, api_key=llm.api_key,
@@ -106,15 +109,22 @@ def _docstring_safe(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
 
 
-def write_proxy(gen: Generator, state: State, out: Path, name: str, fit: Fitness,
-                holdout: dict[str, Fitness] | None = None) -> Path:
-    """Write the best candidate as a registered-format proxy file with its provenance."""
+def write_proxy(gen: Generator, state: State, out: Path, name: str,
+                fit: Fitness | list[Fitness], holdout: dict[str, Fitness] | None = None,
+                tasks: list[str] | None = None) -> Path:
+    """Write the best candidate as a registered-format proxy file with its provenance
+    (`fit`: its fitness on each search task, `tasks` their labels)."""
     best, s = state.best, state.settings
     why, code = gen.render(best.genome, name)
-    lines = [f"Discovered by `mqbench discover` (generator: {gen.label}).", "", why, "",
-             (f"Training task {s.task}{_split_words(s.fitness_split)}: fitness "
-              f"{fit.phi:.4f} (rho_sens {fit.rho_sens:.4f}, table-lookup Acc {fit.acc:.4f}, "
-              f"config Spearman {fit.spearman:.4f}).")]
+    fits = [fit] if isinstance(fit, Fitness) else list(fit)
+    tasks = tasks or [s.task]
+    lines = [f"Discovered by `mqbench discover` (generator: {gen.label}).", "", why, ""]
+    if len(tasks) > 1:
+        lines.append(f"Searched on {len(tasks)} tasks at once (fitness: the mean of their "
+                     f"phi){_split_words(s.fitness_split)}.")
+    lines += [(f"Training task {t}{_split_words(s.fitness_split)}: fitness "
+               f"{f.phi:.4f} (rho_sens {f.rho_sens:.4f}, table-lookup Acc {f.acc:.4f}, "
+               f"config Spearman {f.spearman:.4f}).") for t, f in zip(tasks, fits)]
     for task, f in (holdout or {}).items():
         lines.append(f"Held-out task {task} (no tuning on it): fitness {f.phi:.4f} "
                      f"(rho_sens {f.rho_sens:.4f}, Acc {f.acc:.4f}, "
@@ -128,16 +138,19 @@ def write_proxy(gen: Generator, state: State, out: Path, name: str, fit: Fitness
     return out
 
 
-def discover(task: Task, settings: Settings, out: Path, *, holdout: tuple[Task, ...] = (),
-             workdir: Path | None = None, resume: bool = False, progress: bool = True,
-             llm: LLMOptions = LLMOptions()) -> Report:
-    """Search a proxy on `task`, write it to `out` (its stem names it) and report.
+def discover(task: Task | Sequence[Task], settings: Settings, out: Path, *,
+             holdout: tuple[Task, ...] = (), workdir: Path | None = None, resume: bool = False,
+             progress: bool = True, llm: LLMOptions = LLMOptions()) -> Report:
+    """Search a proxy on `task` (or on several search tasks at once: the fitness is the mean
+    over them, `loop.score_on`), write it to `out` (its stem names it) and report.
 
     Args:
         workdir: the run folder (default `default_workdir(out)`); `resume` continues the
             checkpoint found there.
-        holdout: tasks the winner is reported on, never searched on.
+        holdout: tasks the winner is reported on, never searched on (each search task's own
+            test split is reported too when the search ran on validation splits).
     """
+    tasks = [task] if isinstance(task, Task) else list(task)
     out = Path(out)
     name = out.stem
     if out.is_dir() or out.suffix != ".py":  # checked now, not after the whole search
@@ -146,29 +159,38 @@ def discover(task: Task, settings: Settings, out: Path, *, holdout: tuple[Task, 
     if not name.isidentifier():
         raise MqbenchError(f"--out {out}: the file name must be a Python identifier (it names "
                            f"the proxy), e.g. proxies/discovered_symbolic.py")
-    if settings.task != task.label:
-        raise MqbenchError(f"settings are for task {settings.task!r}, not {task.name!r}")
+    label = ",".join(t.label for t in tasks)
+    if settings.task != label:
+        raise MqbenchError(f"settings are for task {settings.task!r}, not {label!r}")
+    searched = {t.key for t in tasks}
+    overlap = [h.label for h in holdout if h.key in searched]
+    if overlap:
+        raise MqbenchError(f"--holdout {', '.join(overlap)} is also a search task; a held-out "
+                           f"task must not be searched on")
     workdir = Path(workdir) if workdir is not None else default_workdir(out)
     gen = make_generator(settings, workdir, llm)
-    ctx = context(task, progress, settings.fitness_split)
-    state = run(ctx, gen, settings, workdir, resume=resume, progress=progress)
+    ctxs = [context(t, progress, settings.fitness_split) for t in tasks]
+    state = run(ctxs[0] if len(ctxs) == 1 else ctxs, gen, settings, workdir, resume=resume,
+                progress=progress)
     best = state.best
     if best is None:
         raise MqbenchError(f"no valid proxy after {state.evaluated} candidates "
                            f"({state.invalid} invalid); see {workdir / CANDIDATES}")
-    fit = gen.score(ctx, [best.genome], ["best"], spearman=True)[0].fitness
+    fits = [gen.score(c, [best.genome], ["best"], spearman=True)[0].fitness for c in ctxs]
     held = {}
-    if ctx.split == "val":  # the search task's own test images: never searched on
-        tctx = context(task, progress, "test")
-        held[f"{task.name} (test split)"] = (tctx, gen.score(
-            tctx, [best.genome], ["best-test"], spearman=True)[0].fitness)
+    for t, c in zip(tasks, ctxs):
+        if c.split == "val":  # the search task's own test images: never searched on
+            tctx = context(t, progress, "test")
+            held[f"{t.name} (test split)"] = (tctx, gen.score(
+                tctx, [best.genome], ["best-test"], spearman=True)[0].fitness)
     for h in holdout:
         hctx = context(h, progress, "test")
         held[h.name] = (hctx, gen.score(hctx, [best.genome], [f"best-{h.key}"],
                                         spearman=True)[0].fitness)
-    path = write_proxy(gen, state, out, name, fit, {k: f for k, (_, f) in held.items()})
+    path = write_proxy(gen, state, out, name, fits, {k: f for k, (_, f) in held.items()},
+                       [t.label for t in tasks])
     return Report(path, name, workdir, gen.label, state, best,
-                  leaderboard_of(ctx, {name: fit}),
+                  {t.label: leaderboard_of(c, {name: f}) for t, c, f in zip(tasks, ctxs, fits)},
                   {k: leaderboard_of(c, {name: f}) for k, (c, f) in held.items()},
                   gen.usage if isinstance(gen, LLMGenerator) else None)
 
@@ -190,7 +212,7 @@ def format_report(rep: Report) -> str:
             f"{rep.workdir / d['adapter']}" if d["pairs"] else " (no update)"))
     searched = _split_words(st.settings.fitness_split) or " (searched on its TEST split: " \
         "protocol-1 table, its test numbers are in-sample)"
-    for label, rows in [(f"training task {st.settings.task}{searched}", rep.train)] + [
+    for label, rows in [(f"training task {k}{searched}", v) for k, v in rep.train.items()] + [
             (f"held-out task {k} (no tuning on it)", v) for k, v in rep.holdout.items()]:
         lines.append(f"\n{label}: fitness phi (table-lookup Acc), best first")
         for name, f in rows:

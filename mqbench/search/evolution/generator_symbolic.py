@@ -1,4 +1,5 @@
-"""The offline `symbolic` generator: EMQ's expression trees over per-module statistics.
+"""The offline `symbolic` generator: EMQ's expression trees over per-module statistics, and
+`random`, random search over the same trees (its baseline).
 
 Generation 0 draws random trees; later children come from a tournament-picked parent by
 crossover with a second parent (probability `p_cross`) or by mutation (symbolic.py). A
@@ -44,7 +45,7 @@ class SymbolicGenerator:
 
     def propose(self, state: State, n: int, pick, rng: np.random.Generator) -> list:
         s = self.settings
-        if state.generation == 0 or not state.members:
+        if state.generation == 0 or not state.members or self.name == "random":
             return [T.random_tree(rng, s.max_depth - 1) for _ in range(n)]
         out = []
         for _ in range(n):
@@ -64,9 +65,24 @@ class SymbolicGenerator:
         return {}
 
     def render(self, genome, name: str) -> tuple[str, str]:
+        if self.name == "random":
+            return (f"Expression: {T.to_text(genome)}\n\nReasoning: the best of random "
+                    f"expressions over per-layer statistics (random search, the baseline of "
+                    f"the symbolic generator: the same space, no selection), by TAP's fitness "
+                    f"on {self.settings.task}."), T.source(genome, name=name)
         why = (f"Expression: {T.to_text(genome)}\n\n"
                "Reasoning: an evolved combination of per-layer statistics (see\n"
                "mqbench/search/evolution/features.py); it was kept because it maximised "
                "TAP's fitness\nphi = alpha*rho_sens + (1-alpha)*Acc on the training task "
                f"{self.settings.task}.")
         return why, T.source(genome, name=name)
+
+
+@dataclass
+class RandomGenerator(SymbolicGenerator):
+    """Random search over the symbolic generator's expressions: every proposal a fresh random
+    tree, never bred from the population. The baseline an evolutionary search must beat
+    under the same evaluation budget (`--budget`)."""
+
+    name: str = "random"
+    label: str = "random search, EMQ-style search space"

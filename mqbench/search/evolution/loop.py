@@ -37,10 +37,10 @@ from mqbench.search.evolution.fitness import INVALID, Context, Fitness
 CHECKPOINT_VERSION = 2
 CHECKPOINT = "checkpoint.json"  # inside the run folder
 CANDIDATES = "candidates.jsonl"
-GENERATORS = ("symbolic", "openai", "hf")
+GENERATORS = ("symbolic", "random", "openai", "hf")  # random: random search, same space
 DUPLICATE = "duplicate behaviour"
 # Settings a resumed run may change: how long it runs, how many sandboxes it uses at once.
-_RESUMABLE = ("generations", "workers")
+_RESUMABLE = ("generations", "workers", "budget")
 
 
 # A bound on one run, so a typo (--generations 1000000000) is refused instead of running
@@ -57,8 +57,8 @@ class Settings:
     `init_tries` left at 0 take the generator's default (stored resolved).
     """
 
-    task: str
-    generator: str = "symbolic"  # symbolic | openai | hf
+    task: str  # the search task's label; several search tasks: their labels joined by ","
+    generator: str = "symbolic"  # symbolic | random | openai | hf
     generations: int = 30
     population: int = 64
     seed: int = 0
@@ -76,6 +76,7 @@ class Settings:
     dpo_every: int = 1  # hf: one DPO update of the generator every K generations (0: never)
     workers: int = 2  # LLM: candidates scored at once, each in its own sandboxed process
     fitness_split: str = "val"  # the table split candidates are ranked on (fitness.py)
+    budget: int = 0  # candidate evaluations at most (0: only `generations` bounds the run)
 
     def __post_init__(self):
         if self.generator not in GENERATORS:
@@ -90,13 +91,15 @@ class Settings:
         if self.fitness_split not in ("val", "test"):
             raise MqbenchError(f"--fitness-split {self.fitness_split!r}: choose val (the "
                                f"validation split, default) or test (protocol-1 tables only)")
+        if self.budget < 0:
+            raise MqbenchError(f"--budget {self.budget}: need >= 0 (0: no limit)")
         if self.dpo_every < 0 or self.max_new_tokens < 1:
             raise MqbenchError("need --dpo-every >= 0 and --max-new-tokens >= 1")
         if min(self.children, self.init_tries) < 0 or min(self.tournament, self.siblings,
                                                            self.max_depth, self.workers) < 1:
             raise MqbenchError("need children, init_tries >= 0 and tournament, siblings, "
                                "max_depth, workers >= 1")
-        llm = self.generator != "symbolic"
+        llm = self.generator not in ("symbolic", "random")
         if not self.children:  # frozen: resolved once, so checkpoints store the real value
             object.__setattr__(self, "children", 16 if llm else self.population)
         if not self.init_tries:
@@ -169,6 +172,29 @@ class Generator(Protocol):
         """(explanation for the docstring, proxy source registering `name`)."""
 
 
+def score_on(gen: Generator, contexts: list[Context], genomes: list, tags: list[str],
+             spearman: bool = False) -> list[Scored]:
+    """`gen`'s verdicts on one or several search tasks. Several: φ, ρ_sens, Acc (and the
+    config Spearman) are the means over the tasks, each task with its own α; the behaviour
+    is the rank vectors on every task together; invalid on any task is invalid."""
+    if len(contexts) == 1:
+        return gen.score(contexts[0], genomes, tags, spearman)
+    per = [gen.score(c, genomes, [f"{t}-t{i}" for t in tags], spearman)
+           for i, c in enumerate(contexts)]
+    out = []
+    for j in range(len(genomes)):
+        verdicts = [p[j] for p in per]
+        bad = next((v for v in verdicts if not math.isfinite(v.fitness.phi) or not v.signature),
+                   None)
+        if bad is not None:
+            out.append(Scored(INVALID, (), bad.why or "invalid"))
+            continue
+        mean = [float(np.mean([getattr(v.fitness, k) for v in verdicts]))
+                for k in ("phi", "rho_sens", "acc", "spearman")]
+        out.append(Scored(Fitness(*mean), tuple(v.signature for v in verdicts), ""))
+    return out
+
+
 def signature(values) -> tuple:
     """A candidate's behaviour: the rank order of its per-module (or unit) sensitivities."""
     return tuple(np.argsort(np.asarray(values, dtype=np.float64).ravel(),
@@ -218,7 +244,7 @@ def load(path: Path, settings: Settings) -> State:
                              f"{CHECKPOINT_VERSION}")
         stored = Settings(**data["settings"])
         members = [Candidate(**{**m, "genome": _thaw(m["genome"]),
-                                "signature": tuple(m["signature"])}) for m in data["members"]]
+                                "signature": _thaw(m["signature"])}) for m in data["members"]]
         state = State(stored, data["generation"], members, data["evaluated"], data["invalid"],
                       data["duplicates"], data["history"], data["rng"], data["generator"])
     except (OSError, ValueError, KeyError, TypeError, IndexError, MqbenchError) as exc:
@@ -251,11 +277,14 @@ def _truncate_log(path: Path, evaluated: int) -> None:
         _atomic_write(path, "".join(line + "\n" for line in keep))
 
 
-def run(ctx: Context, gen: Generator, settings: Settings, workdir: Path | None = None, *,
-        resume: bool = False, progress: bool = True, stop_after: int | None = None) -> State:
-    """Evolve until `settings.generations`; the run folder `workdir` holds the checkpoint
-    and the candidate log (None: nothing is written). `stop_after` ends early after that
-    many generations of this call (tests simulate a kill)."""
+def run(ctx: Context | list[Context], gen: Generator, settings: Settings,
+        workdir: Path | None = None, *, resume: bool = False, progress: bool = True,
+        stop_after: int | None = None) -> State:
+    """Evolve until `settings.generations` (or `settings.budget` evaluations) on one search
+    task's fitness context or the mean over several (`score_on`); the run folder `workdir`
+    holds the checkpoint and the candidate log (None: nothing is written). `stop_after`
+    ends early after that many generations of this call (tests simulate a kill)."""
+    contexts = [ctx] if isinstance(ctx, Context) else list(ctx)
     if gen.name != settings.generator:
         raise MqbenchError(f"settings name generator {settings.generator!r} but the "
                            f"generator given is {gen.name!r}")
@@ -279,7 +308,7 @@ def run(ctx: Context, gen: Generator, settings: Settings, workdir: Path | None =
 
     def screen(genomes: list) -> list[Candidate]:
         first = state.evaluated + 1
-        scored = gen.score(ctx, genomes, [str(first + i) for i in range(len(genomes))])
+        scored = score_on(gen, contexts, genomes, [str(first + i) for i in range(len(genomes))])
         out = []
         for genome, s in zip(genomes, scored):
             state.evaluated += 1
@@ -299,6 +328,9 @@ def run(ctx: Context, gen: Generator, settings: Settings, workdir: Path | None =
                 log.writelines(_log_line(c) + "\n" for c in out)
         return out
 
+    def allowed(n: int) -> int:  # proposals the evaluation budget still allows
+        return n if not settings.budget else max(0, min(n, settings.budget - state.evaluated))
+
     def finish(children: list[Candidate]) -> None:
         extra = gen.observe(state, children)
         best = state.best or _EMPTY
@@ -314,8 +346,8 @@ def run(ctx: Context, gen: Generator, settings: Settings, workdir: Path | None =
         children: list[Candidate] = []
         cap = settings.init_tries * settings.population
         while len(state.members) < settings.population and len(children) < cap:
-            batch = gen.propose(state, min(settings.population - len(state.members),
-                                           cap - len(children)), pick, rng)
+            n = allowed(min(settings.population - len(state.members), cap - len(children)))
+            batch = gen.propose(state, n, pick, rng) if n else []
             if not batch:
                 break
             new = screen(batch)
@@ -329,10 +361,12 @@ def run(ctx: Context, gen: Generator, settings: Settings, workdir: Path | None =
     while state.generation < settings.generations:
         if stop_after is not None and done_now >= stop_after:
             break
+        if not allowed(settings.children):
+            break  # the evaluation budget is spent
         state.generation += 1
         seen.clear()
         seen.update(m.signature for m in state.members)
-        children = screen(gen.propose(state, settings.children, pick, rng))
+        children = screen(gen.propose(state, allowed(settings.children), pick, rng))
         pool = state.members + [c for c in children if not c.why]
         pool.sort(key=lambda m: (m.phi, m.order), reverse=True)  # ties: the newer first
         state.members = pool[:settings.population]
