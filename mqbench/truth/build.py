@@ -348,9 +348,9 @@ def fill_table(task: Task, opts: B.Options, force: bool = False, progress: bool 
             todo = _missing(items, keys)
             for seed in sorted({it.cal_seed for it in todo}):
                 bench.prepared(seed)  # once, here: workers load it from the cache
-            # full --batch-rows groups: splitting a phase into equal per-worker shares was
-            # measured slower (fmnist-resnet8 slice, 2 workers: 280 s vs 253 s wall), smaller
-            # batches share fewer prefixes
+            # full --batch-rows groups (the most prefix sharing): equal per-worker shares of a
+            # phase were tried and not measurably faster (fmnist-resnet8 1/8 slice, 2 workers:
+            # 280-300 s against 253-315 s wall over repeated single runs)
             batches = make_batches(task, todo, opts.batch_rows, threads)
             for _, result in backend.run(worker, batches, opts):
                 bar.update(store_rows(con, result["rows"], keys))
