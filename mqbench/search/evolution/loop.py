@@ -284,7 +284,7 @@ def run(ctx: Context | list[Context], gen: Generator, settings: Settings,
     task's fitness context or the mean over several (`score_on`); the run folder `workdir`
     holds the checkpoint and the candidate log (None: nothing is written). `stop_after`
     ends early after that many generations of this call (tests simulate a kill)."""
-    contexts = [ctx] if isinstance(ctx, Context) else list(ctx)
+    contexts = list(ctx) if isinstance(ctx, list | tuple) else [ctx]
     if gen.name != settings.generator:
         raise MqbenchError(f"settings name generator {settings.generator!r} but the "
                            f"generator given is {gen.name!r}")
